@@ -1,0 +1,16 @@
+//! Octopii on a blocking `mio` event loop: no async runtime anywhere.
+//!
+//! The loop thread owns the core's [`Kernel`](octopii_core::Kernel) and
+//! waits in [`mio::Poll`] with the kernel's next timeout; callers' commands
+//! and the disk thread's completions wake it through a [`mio::Waker`].
+//!
+//! This crate also holds the pieces every real binding shares: the file
+//! executor ([`disk::FileDisk`], [`disk::DiskThread`]) and the loop body
+//! ([`driver::Driver`]); the tokio binding reuses them.
+
+pub mod disk;
+pub mod driver;
+mod wal;
+
+pub use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError};
+pub use wal::{Error, WriteAheadLog};

@@ -1,0 +1,239 @@
+//! The spec's `WriteAheadLog`, blocking: callers on any threads, one loop
+//! thread owning the kernel, one disk thread.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::{Events, Poll, Token, Waker};
+use octopii_core::disk::DiskCompletion;
+use octopii_core::wal::{RecoveryReport, WalConfig, WalConfigError, WalEntry, WalError};
+use octopii_core::{Command, Kernel, KernelConfig, Reply};
+
+use crate::disk::{DiskThread, FileDisk};
+use crate::driver::Driver;
+
+const WAKE: Token = Token(0);
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data directory could not be opened, locked, or the loop thread
+    /// could not start.
+    #[error("wal directory: {0}")]
+    Io(#[from] io::Error),
+    /// The configuration is invalid.
+    #[error("invalid wal config: {0}")]
+    Config(#[from] WalConfigError),
+    /// The log refused or failed the operation.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The log's loop has stopped.
+    #[error("the wal's loop has stopped")]
+    Closed,
+}
+
+struct Request {
+    command: Command,
+    reply: mpsc::SyncSender<Reply>,
+}
+
+/// A write-ahead log in a directory, usable from many threads at once.
+/// Concurrent appends share one group commit: one write and one sync per
+/// batch. Every method blocks until its answer is durable or known.
+#[derive(Debug)]
+pub struct WriteAheadLog {
+    requests: Option<mpsc::Sender<Request>>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    recovery: RecoveryReport,
+}
+
+impl WriteAheadLog {
+    /// Opens (recovering) or creates the log in `path`, with at most
+    /// `batch_size` records per batch; `flush_interval` is how long a sync
+    /// may take before it is reported as slow.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a zero batch size or interval; [`Error::Io`]
+    /// if the directory cannot be used; [`Error::Wal`] if recovery fails,
+    /// for example on corruption of committed data.
+    pub fn open(path: impl AsRef<Path>, batch_size: usize, flush_interval: Duration) -> Result<Self, Error> {
+        let config = WalConfig { batch_records_max: batch_size, flush_interval, ..WalConfig::default() };
+        Self::open_with(path, config)
+    }
+
+    /// Like [`WriteAheadLog::open`] with every tuning knob.
+    ///
+    /// # Errors
+    ///
+    /// As [`WriteAheadLog::open`].
+    pub fn open_with(path: impl AsRef<Path>, config: WalConfig) -> Result<Self, Error> {
+        let kernel = Kernel::new(KernelConfig { wal: config })?;
+        let disk = FileDisk::open(path.as_ref())?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let (requests, request_queue) = mpsc::channel();
+        let (completions, completion_queue) = mpsc::channel();
+        let disk_waker = Arc::clone(&waker);
+        let disk = DiskThread::spawn(disk, move |completion| {
+            let delivered = completions.send(completion).is_ok();
+            delivered && disk_waker.wake().is_ok()
+        })?;
+        let driver = Driver::new(kernel, disk);
+        let thread = thread::Builder::new()
+            .name("octopii-wal".into())
+            .spawn(move || run(poll, driver, &request_queue, &completion_queue))?;
+        let mut wal = Self {
+            requests: Some(requests),
+            waker,
+            thread: Some(thread),
+            recovery: RecoveryReport::default(),
+        };
+        let Reply::Opened(report) = wal.call(Command::Open)? else {
+            unreachable!("open answers with Opened")
+        };
+        wal.recovery = report?;
+        Ok(wal)
+    }
+
+    /// What recovery found when the log was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Appends `data`, returning its offset (sequence number) once durable.
+    /// Offsets increase across reopen.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Wal`] if the entry is too large or the write or sync failed;
+    /// after a failure every call fails until the log is reopened.
+    pub fn append(&self, data: Bytes) -> Result<u64, Error> {
+        let Reply::Appended(result) = self.call(Command::Append(data))? else { unreachable!() };
+        Ok(result?)
+    }
+
+    /// Returns once everything appended before the call is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`WriteAheadLog::append`].
+    pub fn flush(&self) -> Result<(), Error> {
+        let Reply::Flushed(result) = self.call(Command::Flush)? else { unreachable!() };
+        Ok(result?)
+    }
+
+    /// Every durable entry's payload, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Wal`] if a read fails or meets corruption.
+    pub fn read_all(&self) -> Result<Vec<Bytes>, Error> {
+        Ok(self.entries()?.into_iter().map(|entry| entry.payload).collect())
+    }
+
+    /// Every durable entry with its offset, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// As [`WriteAheadLog::read_all`].
+    pub fn entries(&self) -> Result<Vec<WalEntry>, Error> {
+        let Reply::Entries(result) = self.call(Command::ReadAll)? else { unreachable!() };
+        Ok(result?)
+    }
+
+    /// Discards every entry at offset `from` or later, durably.
+    ///
+    /// # Errors
+    ///
+    /// As [`WriteAheadLog::append`], or if `from` is past the end.
+    pub fn truncate_from(&self, from: u64) -> Result<(), Error> {
+        let Reply::Truncated(result) = self.call(Command::TruncateFrom(from))? else { unreachable!() };
+        result.map(|_| ()).map_err(Error::from)
+    }
+
+    /// Removes the segment files that hold only entries below `offset`,
+    /// returning how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Wal`] if a removal failed.
+    pub fn remove_before(&self, offset: u64) -> Result<usize, Error> {
+        let Reply::Removed(result) = self.call(Command::RemoveBefore(offset))? else { unreachable!() };
+        Ok(result?)
+    }
+
+    /// Stops the loop and the disk thread and waits for them, releasing the
+    /// directory so it can be opened again at once.
+    pub fn close(mut self) {
+        self.stop();
+    }
+
+    fn call(&self, command: Command) -> Result<Reply, Error> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let requests = self.requests.as_ref().ok_or(Error::Closed)?;
+        requests.send(Request { command, reply }).map_err(|_| Error::Closed)?;
+        self.waker.wake()?;
+        answer.recv().map_err(|_| Error::Closed)
+    }
+
+    fn stop(&mut self) {
+        self.requests = None;
+        let _ = self.waker.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for WriteAheadLog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    mut poll: Poll,
+    mut driver: Driver,
+    requests: &mpsc::Receiver<Request>,
+    completions: &mpsc::Receiver<DiskCompletion>,
+) {
+    let mut events = Events::with_capacity(4);
+    loop {
+        let timeout =
+            driver.next_timeout().map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if let Err(error) = poll.poll(&mut events, timeout)
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            tracing::error!(%error, "wal loop cannot poll; stopping");
+            break;
+        }
+        let now = Instant::now();
+        while let Ok(completion) = completions.try_recv() {
+            driver.disk_done(now, completion);
+        }
+        loop {
+            match requests.try_recv() {
+                Ok(Request { command, reply }) => {
+                    let sink = Box::new(move |answer| {
+                        let _ = reply.send(answer);
+                    });
+                    driver.command(now, command, sink);
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    driver.close();
+                    return;
+                }
+            }
+        }
+        driver.timeout(now);
+    }
+    driver.close();
+}
