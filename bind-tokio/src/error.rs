@@ -1,0 +1,31 @@
+//! The error type of the tokio binding's API.
+
+use octopii_core::wal::{WalConfigError, WalError};
+
+/// Why an Octopii operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OctopiiError {
+    /// A file or directory could not be used.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The write-ahead log refused or failed the operation: the variant
+    /// inside says which (entry too large, write failed, corruption, ...).
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The component has shut down and takes no more requests.
+    #[error("shut down")]
+    Shutdown,
+}
+
+impl From<WalConfigError> for OctopiiError {
+    fn from(error: WalConfigError) -> Self {
+        OctopiiError::Config(error.to_string())
+    }
+}
+
+/// Result with [`OctopiiError`].
+pub type Result<T> = std::result::Result<T, OctopiiError>;

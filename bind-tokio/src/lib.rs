@@ -1,0 +1,15 @@
+//! Octopii on tokio: the API an application embeds.
+//!
+//! Every decision is made by the sans-IO core ([`octopii_core`]); this crate
+//! runs it on a tokio task, executes its disk work on a dedicated thread, and
+//! hands answers back to async callers.
+//!
+//! So far it offers the write-ahead log ([`WriteAheadLog`]); the replicated
+//! node is built on the same machinery.
+
+mod error;
+mod wal;
+
+pub use error::{OctopiiError, Result};
+pub use octopii_core::wal::{RecoveryReport, TornTail, WalConfig, WalEntry, WalError};
+pub use wal::WriteAheadLog;
