@@ -12,5 +12,5 @@ pub mod disk;
 pub mod driver;
 mod wal;
 
-pub use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError};
+pub use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError, WalStats};
 pub use wal::{Error, WriteAheadLog};

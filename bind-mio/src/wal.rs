@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::{Events, Poll, Token, Waker};
 use octopii_core::disk::DiskCompletion;
-use octopii_core::wal::{RecoveryReport, WalConfig, WalConfigError, WalEntry, WalError};
+use octopii_core::wal::{RecoveryReport, WalConfig, WalConfigError, WalEntry, WalError, WalStats};
 use octopii_core::{Command, Kernel, KernelConfig, Reply};
 
 use crate::disk::{DiskThread, FileDisk};
@@ -167,6 +167,17 @@ impl WriteAheadLog {
     pub fn remove_before(&self, offset: u64) -> Result<usize, Error> {
         let Reply::Removed(result) = self.call(Command::RemoveBefore(offset))? else { unreachable!() };
         Ok(result?)
+    }
+
+    /// Counters since the log was opened: batches (one write and one sync
+    /// each), records and bytes written.
+    ///
+    /// # Errors
+    ///
+    /// Only if the log has shut down.
+    pub fn stats(&self) -> Result<WalStats, Error> {
+        let Reply::Stats(stats) = self.call(Command::Stats)? else { unreachable!() };
+        Ok(stats)
     }
 
     /// Stops the loop and the disk thread and waits for them, releasing the

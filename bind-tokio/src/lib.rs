@@ -11,5 +11,5 @@ mod error;
 mod wal;
 
 pub use error::{OctopiiError, Result};
-pub use octopii_core::wal::{RecoveryReport, TornTail, WalConfig, WalEntry, WalError};
+pub use octopii_core::wal::{RecoveryReport, TornTail, WalConfig, WalEntry, WalError, WalStats};
 pub use wal::WriteAheadLog;

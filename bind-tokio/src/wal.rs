@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use octopii_core::disk::DiskCompletion;
-use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry};
+use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalStats};
 use octopii_core::{Command, Kernel, KernelConfig, Reply};
 use octopii_mio::disk::{DiskThread, FileDisk};
 use octopii_mio::driver::Driver;
@@ -133,6 +133,17 @@ impl WriteAheadLog {
     pub async fn remove_before(&self, offset: u64) -> Result<usize> {
         let Reply::Removed(result) = self.call(Command::RemoveBefore(offset)).await? else { unreachable!() };
         Ok(result?)
+    }
+
+    /// Counters since the log was opened: batches (one write and one sync
+    /// each), records and bytes written.
+    ///
+    /// # Errors
+    ///
+    /// Only if the log has shut down.
+    pub async fn stats(&self) -> Result<WalStats> {
+        let Reply::Stats(stats) = self.call(Command::Stats).await? else { unreachable!() };
+        Ok(stats)
     }
 
     /// Stops the log and waits until its files and directory lock are

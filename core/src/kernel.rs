@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::disk::{DiskCompletion, DiskOp, IoError};
-use crate::wal::{RecoveryReport, Wal, WalConfig, WalConfigError, WalEntry, WalError, WalEvent};
+use crate::wal::{RecoveryReport, Wal, WalConfig, WalConfigError, WalEntry, WalError, WalEvent, WalStats};
 
 /// Everything a kernel needs to start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,6 +63,8 @@ pub enum Command {
     /// Remove segment files holding only entries below this sequence
     /// number; answered with [`Reply::Removed`].
     RemoveBefore(u64),
+    /// Answered at once with [`Reply::Stats`].
+    Stats,
 }
 
 /// The answer to a [`Command`].
@@ -80,6 +82,8 @@ pub enum Reply {
     Truncated(Result<u64, WalError>),
     /// How many segment files were removed.
     Removed(Result<usize, WalError>),
+    /// The log's counters.
+    Stats(WalStats),
 }
 
 /// Something that happened, for logs and metrics. Bindings report events;
@@ -244,6 +248,7 @@ impl Kernel {
                     self.reply(id, Reply::Entries(Err(error)));
                 }
             }
+            Command::Stats => self.reply(id, Reply::Stats(self.wal.stats())),
             Command::RemoveBefore(seq) => {
                 if let Err(error) = self.wal.remove_before(id.0, seq) {
                     self.reply(id, Reply::Removed(Err(error)));

@@ -186,6 +186,17 @@ pub struct TornTail {
     pub bytes: u64,
 }
 
+/// Counters of the log's work since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Batches written; each is one write and one sync.
+    pub batches: u64,
+    /// Records (entries and truncation markers) in those batches.
+    pub records: u64,
+    /// Bytes written, headers and commit records included.
+    pub bytes_written: u64,
+}
+
 /// One entry returned by a read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalEntry {
@@ -308,6 +319,7 @@ pub struct Wal {
     reads: BTreeMap<u64, ReadJob>,
     removal_errors: BTreeMap<u64, IoError>,
     report: RecoveryReport,
+    stats: WalStats,
     ops: VecDeque<DiskOp>,
     events: VecDeque<WalEvent>,
 }
@@ -331,6 +343,7 @@ impl Wal {
             reads: BTreeMap::new(),
             removal_errors: BTreeMap::new(),
             report: RecoveryReport::default(),
+            stats: WalStats::default(),
             ops: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -346,6 +359,11 @@ impl Wal {
     /// Every sequence number below this is durable.
     pub fn durable_next(&self) -> u64 {
         self.durable_next
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> WalStats {
+        self.stats
     }
 
     /// The sequence number the next append will get.
@@ -539,6 +557,9 @@ impl Wal {
         let offset = segment.written_len;
         segment.written_len += data.len() as u64;
         let (file, segment_len) = (segment.name.clone(), segment.written_len);
+        self.stats.batches += 1;
+        self.stats.records += count as u64;
+        self.stats.bytes_written += data.len() as u64;
         let data = data.freeze();
         self.submit(Purpose::Batch, |io| DiskOp::Write { io, file: file.clone(), offset, data });
         self.submit(Purpose::BatchSync, |io| DiskOp::Sync { io, file });
