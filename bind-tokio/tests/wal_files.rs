@@ -130,3 +130,18 @@ async fn corruption_in_the_middle_of_the_log_is_reported_not_truncated() {
     assert_eq!(std::fs::read(&victim).unwrap(), bytes, "damaged data is left for repair");
     assert_eq!(segment_files(dir.path()), names, "no segment is removed");
 }
+
+#[tokio::test]
+async fn a_read_is_not_disturbed_by_a_removal_requested_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { segment_bytes_target: 4096, ..WalConfig::default() };
+    let wal = WriteAheadLog::with_config(dir.path().to_path_buf(), config).await.unwrap();
+    for index in 0..300 {
+        wal.append(payload(index)).await.unwrap();
+    }
+    // join! polls the read first, so the kernel sees it before the removal.
+    let (entries, removed) = tokio::join!(wal.entries(), wal.remove_before(250));
+    assert!(removed.unwrap() > 3);
+    let entries = entries.unwrap();
+    assert!(entries.iter().map(|entry| entry.seq).eq(0..300), "the read sees the log as it was");
+}

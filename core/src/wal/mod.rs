@@ -279,8 +279,10 @@ enum Purpose {
     Recovery,
     Batch,
     BatchSync,
+    /// Read number `index` of a `read_all` request.
     Read {
         ticket: u64,
+        index: usize,
     },
     /// `total` is set on the last removal of a request.
     Remove {
@@ -298,9 +300,11 @@ struct Submitted {
 
 #[derive(Debug)]
 struct ReadJob {
-    segments: Vec<(FileName, u64, u64)>,
+    /// Name and first sequence number of each segment read.
+    segments: Vec<(FileName, u64)>,
+    /// Index of the next read to complete.
     next: usize,
-    entries: Vec<WalEntry>,
+    result: Result<Vec<WalEntry>, WalError>,
 }
 
 /// The write-ahead log state machine. See the module documentation.
@@ -428,14 +432,20 @@ impl Wal {
     /// The error that stopped the log if it is not open.
     pub fn read_all(&mut self, ticket: u64) -> Result<(), WalError> {
         self.check_open()?;
-        let segments = self
-            .segments
-            .iter()
-            .filter(|segment| segment.durable_len > 0)
-            .map(|segment| (segment.name.clone(), segment.first_seq, segment.durable_len))
-            .collect();
-        self.reads.insert(ticket, ReadJob { segments, next: 0, entries: Vec::new() });
-        self.continue_read(ticket);
+        // All reads are submitted now, so they run before any removal or
+        // truncation requested later.
+        let readable: Vec<Segment> =
+            self.segments.iter().filter(|segment| segment.durable_len > 0).cloned().collect();
+        if readable.is_empty() {
+            self.events.push_back(WalEvent::ReadDone { ticket, result: Ok(Vec::new()) });
+            return Ok(());
+        }
+        let segments = readable.iter().map(|segment| (segment.name.clone(), segment.first_seq)).collect();
+        self.reads.insert(ticket, ReadJob { segments, next: 0, result: Ok(Vec::new()) });
+        for (index, segment) in readable.into_iter().enumerate() {
+            let (file, len) = (segment.name, segment.durable_len);
+            self.submit(Purpose::Read { ticket, index }, |io| DiskOp::Read { io, file, offset: 0, len });
+        }
         Ok(())
     }
 
@@ -508,7 +518,7 @@ impl Wal {
             (Purpose::Batch, Ok(_)) => {}
             (Purpose::BatchSync, Ok(_)) => self.on_batch_durable(now),
             (Purpose::Batch | Purpose::BatchSync, Err(error)) => self.fail_io(error),
-            (Purpose::Read { ticket }, result) => self.on_read(ticket, result),
+            (Purpose::Read { ticket, index }, result) => self.on_read(ticket, index, result),
             (Purpose::Remove { ticket, total }, result) => self.on_removed(ticket, total, result),
         }
     }
@@ -703,31 +713,24 @@ impl Wal {
         self.events.push_back(WalEvent::Recovered(self.report.clone()));
     }
 
-    fn continue_read(&mut self, ticket: u64) {
+    fn on_read(&mut self, ticket: u64, index: usize, result: Result<DiskDone, IoError>) {
         let job = self.reads.get_mut(&ticket).expect("a read job exists while reading");
-        let Some((file, _, len)) = job.segments.get(job.next).cloned() else {
-            let job = self.reads.remove(&ticket).expect("checked above");
-            self.events.push_back(WalEvent::ReadDone { ticket, result: Ok(job.entries) });
-            return;
-        };
-        self.submit(Purpose::Read { ticket }, |io| DiskOp::Read { io, file, offset: 0, len });
-    }
-
-    fn on_read(&mut self, ticket: u64, result: Result<DiskDone, IoError>) {
-        let job = self.reads.get_mut(&ticket).expect("a read job exists while reading");
-        let (name, first_seq, _) = job.segments[job.next].clone();
-        let decoded = match result {
-            Ok(DiskDone::Read(bytes)) => decode_entries(&name, first_seq, &bytes, &mut job.entries),
-            Ok(done) => panic!("a read completed with {done:?}"),
-            Err(error) => Err(WalError::RequestIo(error)),
-        };
+        assert_eq!(index, job.next, "disk operations complete in the order they were submitted");
         job.next += 1;
-        match decoded {
-            Ok(()) => self.continue_read(ticket),
-            Err(error) => {
-                self.reads.remove(&ticket);
-                self.events.push_back(WalEvent::ReadDone { ticket, result: Err(error) });
+        let (name, first_seq) = &job.segments[index];
+        if let Ok(entries) = &mut job.result {
+            let decoded = match result {
+                Ok(DiskDone::Read(bytes)) => decode_entries(name, *first_seq, &bytes, entries),
+                Ok(done) => panic!("a read completed with {done:?}"),
+                Err(error) => Err(WalError::RequestIo(error)),
+            };
+            if let Err(error) = decoded {
+                job.result = Err(error);
             }
+        }
+        if job.next == job.segments.len() {
+            let job = self.reads.remove(&ticket).expect("checked above");
+            self.events.push_back(WalEvent::ReadDone { ticket, result: job.result });
         }
     }
 
