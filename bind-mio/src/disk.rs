@@ -130,21 +130,26 @@ pub struct DiskThread {
 }
 
 impl DiskThread {
-    /// Starts the thread. Every completion goes to `deliver`; the thread
-    /// stops when `deliver` returns `false` or the `DiskThread` is dropped.
+    /// Starts the thread. Completions go to `deliver`, in order, a burst at a
+    /// time: the thread executes every operation already queued (a batch's
+    /// write and its sync, say) before delivering, so the loop is woken once
+    /// per burst rather than once per operation. The thread stops when
+    /// `deliver` returns `false` or the `DiskThread` is dropped.
     ///
     /// # Errors
     ///
     /// The thread cannot be spawned.
     pub fn spawn(
         mut disk: FileDisk,
-        mut deliver: impl FnMut(DiskCompletion) -> bool + Send + 'static,
+        mut deliver: impl FnMut(Vec<DiskCompletion>) -> bool + Send + 'static,
     ) -> io::Result<Self> {
         let (ops, receiver) = mpsc::channel::<DiskOp>();
         let thread = thread::Builder::new().name("octopii-disk".into()).spawn(move || {
-            for op in receiver {
-                let result = disk.execute(&op);
-                if !deliver(DiskCompletion { io: op.io(), result }) {
+            let mut execute = |op: DiskOp| DiskCompletion { io: op.io(), result: disk.execute(&op) };
+            while let Ok(op) = receiver.recv() {
+                let mut burst = vec![execute(op)];
+                burst.extend(receiver.try_iter().map(&mut execute));
+                if !deliver(burst) {
                     break;
                 }
             }

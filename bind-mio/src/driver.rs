@@ -46,9 +46,11 @@ impl Driver {
         self.input(now, Input::Command { id, command });
     }
 
-    /// Passes a disk completion.
-    pub fn disk_done(&mut self, now: Instant, completion: DiskCompletion) {
-        self.input(now, Input::Disk(completion));
+    /// Passes disk completions, in the order the disk thread delivered them.
+    pub fn disk_done(&mut self, now: Instant, completions: Vec<DiskCompletion>) {
+        for completion in completions {
+            self.input(now, Input::Disk(completion));
+        }
     }
 
     /// Passes a timeout if the kernel's timer has expired at `now`.

@@ -81,8 +81,8 @@ impl WriteAheadLog {
         let (requests, request_queue) = mpsc::channel();
         let (completions, completion_queue) = mpsc::channel();
         let disk_waker = Arc::clone(&waker);
-        let disk = DiskThread::spawn(disk, move |completion| {
-            let delivered = completions.send(completion).is_ok();
+        let disk = DiskThread::spawn(disk, move |burst| {
+            let delivered = completions.send(burst).is_ok();
             delivered && disk_waker.wake().is_ok()
         })?;
         let driver = Driver::new(kernel, disk);
@@ -213,7 +213,7 @@ fn run(
     mut poll: Poll,
     mut driver: Driver,
     requests: &mpsc::Receiver<Request>,
-    completions: &mpsc::Receiver<DiskCompletion>,
+    completions: &mpsc::Receiver<Vec<DiskCompletion>>,
 ) {
     let mut events = Events::with_capacity(4);
     loop {
@@ -226,9 +226,9 @@ fn run(
             break;
         }
         let now = Instant::now();
-        while let Ok(completion) = completions.try_recv() {
-            driver.disk_done(now, completion);
-        }
+        // Commands first: appends that arrived while a sync was running must
+        // reach the kernel before that sync's completion, so that they leave
+        // together as the next batch.
         loop {
             match requests.try_recv() {
                 Ok(Request { command, reply }) => {
@@ -243,6 +243,9 @@ fn run(
                     return;
                 }
             }
+        }
+        while let Ok(burst) = completions.try_recv() {
+            driver.disk_done(now, burst);
         }
         driver.timeout(now);
     }

@@ -57,7 +57,7 @@ impl WriteAheadLog {
             .await
             .map_err(|_| OctopiiError::Shutdown)??;
         let (completions, completion_queue) = mpsc::unbounded_channel();
-        let disk = DiskThread::spawn(disk, move |completion| completions.send(completion).is_ok())?;
+        let disk = DiskThread::spawn(disk, move |burst| completions.send(burst).is_ok())?;
         let (requests, request_queue) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(Driver::new(kernel, disk), request_queue, completion_queue));
         let mut wal = Self { requests, task, recovery: RecoveryReport::default() };
@@ -162,24 +162,56 @@ impl WriteAheadLog {
     }
 }
 
+/// What woke the loop.
+enum Wake {
+    Request(Option<Request>),
+    Disk(Option<Vec<DiskCompletion>>),
+    Timer,
+}
+
 async fn run(
     mut driver: Driver,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    mut completions: mpsc::UnboundedReceiver<DiskCompletion>,
+    mut completions: mpsc::UnboundedReceiver<Vec<DiskCompletion>>,
 ) {
     loop {
         let deadline = driver.next_timeout();
-        tokio::select! {
-            Some(completion) = completions.recv() => driver.disk_done(Instant::now().into_std(), completion),
-            request = requests.recv() => {
-                let Some((command, reply)) = request else { break };
-                let sink = Box::new(move |answer| {
-                    let _ = reply.send(answer);
-                });
-                driver.command(Instant::now().into_std(), command, sink);
+        let wake = tokio::select! {
+            request = requests.recv() => Wake::Request(request),
+            burst = completions.recv() => Wake::Disk(burst),
+            () = sleep_until(deadline) => Wake::Timer,
+        };
+        let now = Instant::now().into_std();
+        let feed = |driver: &mut Driver, (command, reply): Request| {
+            let sink = Box::new(move |answer| {
+                let _ = reply.send(answer);
+            });
+            driver.command(now, command, sink);
+        };
+        // Commands first: appends that arrived while a sync was running must
+        // reach the kernel before that sync's completion, so that they leave
+        // together as the next batch.
+        let mut woken_by_disk = None;
+        match wake {
+            Wake::Request(None) => break,
+            Wake::Disk(None) => {
+                tracing::error!("the disk thread has stopped; closing the wal");
+                break;
             }
-            () = sleep_until(deadline) => driver.timeout(Instant::now().into_std()),
+            Wake::Request(Some(request)) => feed(&mut driver, request),
+            Wake::Disk(Some(burst)) => woken_by_disk = Some(burst),
+            Wake::Timer => {}
         }
+        while let Ok(request) = requests.try_recv() {
+            feed(&mut driver, request);
+        }
+        if let Some(burst) = woken_by_disk {
+            driver.disk_done(now, burst);
+        }
+        while let Ok(burst) = completions.try_recv() {
+            driver.disk_done(now, burst);
+        }
+        driver.timeout(now);
     }
     // Joining the disk thread waits for an fsync in progress: keep it off
     // the async threads.
