@@ -146,10 +146,32 @@ fn corruption_of_an_acknowledged_batch_is_reported_not_truncated() {
     };
     assert!(corruption.offset as usize <= middle);
     assert!(corruption.seq_from < 10);
-    assert!(matches!(
-        corruption.reason,
-        CorruptionReason::RecordBody | CorruptionReason::RecordHeader | CorruptionReason::DamageBeforeCommit
-    ));
+    assert!(matches!(corruption.reason, CorruptionReason::RecordBody | CorruptionReason::RecordHeader));
     assert!(error.to_string().contains(&segment_files(dir.path())[0]), "{error}");
     assert_eq!(fs::read(&segment).unwrap(), damaged, "recovery never rewrites damaged data");
+}
+
+#[test]
+fn an_empty_newest_segment_left_by_a_crash_is_removed() {
+    // A crash right after a segment file was created leaves it empty.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("00000000000000000000.wal"), b"").unwrap();
+    let wal = WriteAheadLog::open(dir.path(), 100, Duration::from_millis(100)).unwrap();
+    assert_eq!(wal.recovery().torn_tail.as_ref().map(|torn| torn.offset), Some(0));
+    assert_eq!(wal.append(payload(0)).unwrap(), 0);
+    wal.close();
+    let wal = WriteAheadLog::open(dir.path(), 100, Duration::from_millis(100)).unwrap();
+    assert_eq!(wal.read_all().unwrap(), vec![payload(0)]);
+}
+
+#[test]
+fn a_log_at_the_last_sequence_number_refuses_appends_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut header = bytes::BytesMut::new();
+    octopii_core::wal::format::encode_segment_header(u64::MAX, &mut header);
+    fs::write(dir.path().join(format!("{:020}.wal", u64::MAX)), &header).unwrap();
+    let wal = WriteAheadLog::open(dir.path(), 100, Duration::from_millis(100)).unwrap();
+    let error = wal.append(payload(0)).unwrap_err();
+    assert!(matches!(error, Error::Wal(WalError::SequenceExhausted)), "{error}");
+    assert!(wal.read_all().unwrap().is_empty());
 }

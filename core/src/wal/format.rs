@@ -139,7 +139,8 @@ impl Commit {
         })
     }
 
-    /// Sequence number after the batch's last record.
+    /// Sequence number after the batch's last record (saturating: the decoder
+    /// refuses batches that would reach past `u64::MAX`).
     pub fn end_seq(&self) -> u64 {
         self.first_seq.saturating_add(u64::from(self.count))
     }
@@ -240,10 +241,6 @@ pub enum CorruptionReason {
     /// Sequence numbers do not follow on from the previous batch or segment.
     #[error("sequence numbers do not follow on")]
     SequenceGap,
-    /// Damage was found and intact, committed data follows it, so the damage
-    /// cannot be a torn tail.
-    #[error("damaged data followed by committed data")]
-    DamageBeforeCommit,
     /// A segment other than the last ends without a commit record.
     #[error("segment ends inside a batch but is not the last segment")]
     UnsealedSegment,
@@ -320,14 +317,36 @@ fn parse_record(bytes: &[u8], pos: usize) -> Result<RawRecord, RecordError> {
     Ok(RawRecord { kind, body })
 }
 
-/// The first intact commit record starting after `start`, found by trying
-/// every offset. Its presence proves that data before it was once complete.
-fn find_commit_after(bytes: &[u8], start: usize) -> Option<Commit> {
+/// The first intact commit record starting after `start` that names
+/// sequence numbers from `seq` on, found by trying every offset. Its presence
+/// proves that data before it was once complete. Each offset costs a few
+/// byte comparisons and at most two CRCs of a few bytes, so scanning stays
+/// linear whatever the bytes are.
+fn find_commit_after(bytes: &[u8], start: usize, seq: u64) -> Option<Commit> {
     let last_start = bytes.len().checked_sub(RECORD_HEADER_BYTES + COMMIT_BODY_BYTES)?;
-    (start..=last_start).find_map(|pos| match parse_record(bytes, pos) {
-        Ok(RawRecord { kind: RecordKind::Commit, body }) => Commit::decode(&bytes[body]),
-        _ => None,
-    })
+    let commit_len = (COMMIT_BODY_BYTES as u32).to_le_bytes();
+    (start..=last_start)
+        .filter(|&pos| bytes[pos..pos + 4] == commit_len && bytes[pos + 4] == RecordKind::Commit as u8)
+        .find_map(|pos| match parse_record(bytes, pos) {
+            Ok(RawRecord { kind: RecordKind::Commit, body }) => Commit::decode(&bytes[body]),
+            _ => None,
+        })
+        .filter(|commit| commit.end_seq() > seq)
+}
+
+/// Length of `bytes` without its trailing zeros: space a crash left
+/// allocated but unwritten reads back as zeros.
+fn written_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1)
+}
+
+/// Whether the record at `pos` ends past the last non-zero byte: the write
+/// that carried it was interrupted and the space after it reads back as
+/// zeros. A verified header's length is trusted, so nothing after such a
+/// record can be a record of its own.
+fn is_cut_short_by_zeros(bytes: &[u8], pos: usize) -> bool {
+    let written = written_len(bytes).max(pos);
+    matches!(parse_record(&bytes[..written], pos), Err(RecordError::Incomplete))
 }
 
 /// Decodes one segment's bytes, calling `visit` for every record of every
@@ -359,9 +378,7 @@ pub fn decode_segment(
     if bytes.len() as u64 > SEGMENT_BYTES_MAX {
         return Err(damage(0, expected_first_seq, CorruptionReason::TooLarge));
     }
-    let all_zero = |from: usize| bytes[from..].iter().all(|&byte| byte == 0);
-    let header_torn = bytes.len() < SEGMENT_HEADER_BYTES || all_zero(0);
-    if header_torn && is_last && find_commit_after(bytes, 0).is_none() {
+    if is_last && written_len(bytes) < SEGMENT_HEADER_BYTES {
         return Ok(SegmentScan {
             first_seq: expected_first_seq,
             end_seq: expected_first_seq,
@@ -378,28 +395,28 @@ pub fn decode_segment(
     while pos < bytes.len() {
         let record = match parse_record(bytes, pos) {
             Ok(record) => record,
-            Err(error) => {
-                let later_commit = find_commit_after(bytes, pos + 1);
-                let tearable = matches!(error, RecordError::Incomplete) || all_zero(pos);
-                if is_last && tearable && later_commit.is_none() {
-                    break;
-                }
-                let reason = match error {
-                    _ if later_commit.is_some() && tearable => CorruptionReason::DamageBeforeCommit,
-                    RecordError::Bad(reason) => reason,
-                    RecordError::Incomplete => CorruptionReason::UnsealedSegment,
-                };
+            Err(RecordError::Bad(reason)) if !is_cut_short_by_zeros(bytes, pos) => {
                 let mut found = damage(pos, seq, reason);
-                found.seq_to = later_commit.map(|commit| commit.end_seq());
+                found.seq_to = find_commit_after(bytes, pos + 1, seq).map(|commit| commit.end_seq());
                 return Err(found);
             }
+            // The bytes end inside this record, as an interrupted write
+            // leaves them: only the newest segment may end that way.
+            Err(_) if is_last => break,
+            Err(_) => return Err(damage(pos, seq, CorruptionReason::UnsealedSegment)),
         };
-        let record_seq = seq + batch.len() as u64;
+        // Entries and truncations need a sequence number below u64::MAX, so
+        // that the number after them exists.
+        let record_seq = || {
+            let record_seq = seq.checked_add(batch.len() as u64).filter(|&record_seq| record_seq < u64::MAX);
+            record_seq.ok_or(damage(batch_start, seq, CorruptionReason::SequenceGap))
+        };
         match record.kind {
             RecordKind::Entry => {
-                batch.push(DecodedRecord::Entry { seq: record_seq, payload: record.body.clone() })
+                batch.push(DecodedRecord::Entry { seq: record_seq()?, payload: record.body.clone() })
             }
             RecordKind::Truncate => {
+                let record_seq = record_seq()?;
                 let from_seq = u64::from_le_bytes(
                     bytes[record.body.clone()].try_into().expect("length checked by parse_record"),
                 );
@@ -459,3 +476,7 @@ fn check_segment_header(bytes: &[u8], expected_first_seq: u64) -> Result<(), Seg
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "format_tests.rs"]
+mod tests;

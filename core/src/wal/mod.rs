@@ -153,6 +153,10 @@ pub enum WalError {
         /// Its size in bytes.
         len: usize,
     },
+    /// Every sequence number has been used (only reachable from a file named
+    /// or written with a number near `u64::MAX`).
+    #[error("the log has used every sequence number")]
+    SequenceExhausted,
     /// A truncation point beyond the end of the log.
     #[error("cannot truncate from sequence {from_seq}: the log ends before {next_seq}")]
     TruncateBeyondEnd {
@@ -406,6 +410,9 @@ impl Wal {
 
     fn push(&mut self, now: Instant, record: BatchRecord) -> Result<u64, WalError> {
         self.check_open()?;
+        if self.next_seq == u64::MAX {
+            return Err(WalError::SequenceExhausted);
+        }
         let seq = self.next_seq;
         if self.pending.is_empty() {
             self.pending_first_seq = seq;
@@ -686,11 +693,12 @@ impl Wal {
             self.read_recovery_segment(files, index + 1);
             return Ok(());
         }
-        if scan.torn_bytes == 0 {
+        if scan.torn_bytes == 0 && scan.committed_len > 0 {
             self.open();
             return Ok(());
         }
-        // The unfinished batch was never acknowledged: cut it off so new
+        // The unfinished batch (or segment, when even its header never
+        // finished, or it is empty) was never acknowledged: cut it off so new
         // batches start at a clean boundary.
         self.report.torn_tail =
             Some(TornTail { segment: name.clone(), offset: scan.committed_len, bytes: scan.torn_bytes });
