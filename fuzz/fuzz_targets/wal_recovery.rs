@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use octopii_core::disk::{DiskCompletion, DiskDone, DiskFailure, DiskOp, FileName, ListedFile};
 use octopii_core::wal::format::{BatchRecord, encode_batch, encode_segment_header, segment_name};
-use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry};
+use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError};
 use octopii_core::{Command, CommandId, Input, Kernel, KernelConfig, Output, Reply};
 
 /// Bounds on what one input builds.
@@ -347,6 +347,11 @@ fn run(input: RecoveryInput) {
     check_entries(&before, report.next_seq);
     let payload = Bytes::copy_from_slice(&input.payload[..input.payload.len().min(PAYLOAD_BYTES_MAX)]);
     let appended = harness.send(&mut kernel, 3, Command::Append(payload.clone()));
+    if report.next_seq == u64::MAX {
+        // A file named for the last sequence number leaves none to assign.
+        assert_eq!(appended, Reply::Appended(Err(WalError::SequenceExhausted)));
+        return;
+    }
     assert_eq!(appended, Reply::Appended(Ok(report.next_seq)), "append after recovering {report:?}");
     let mut expected = before;
     expected.push(WalEntry { seq: report.next_seq, payload });

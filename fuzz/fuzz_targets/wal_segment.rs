@@ -158,6 +158,7 @@ fn check_encoded(
     edits: &[(u16, u8)],
 ) {
     let encoded = encode(first_seq, batches);
+    let original = encoded.bytes.clone();
     let mut bytes = encoded.bytes;
     let written: Vec<DecodedRecord> =
         encoded.batches.iter().flat_map(|(_, records)| records.clone()).collect();
@@ -180,15 +181,22 @@ fn check_encoded(
         if !edits.is_empty() || first_seq.checked_add(written.len() as u64).is_none() {
             continue;
         }
-        // Undamaged: the whole batches before the cut are committed.
-        let kept = encoded.batches.iter().take_while(|(end, _)| *end <= cut).count();
+        // Undamaged: the batches whose bytes are all present are committed.
+        // That includes a batch (or header) cut short when the zeros padding
+        // the cut happen to equal its missing bytes.
+        let intact = |end: usize| bytes.get(..end) == Some(&original[..end]);
+        let header_whole = intact(SEGMENT_HEADER_BYTES);
+        let kept = match header_whole {
+            true => encoded.batches.iter().take_while(|(end, _)| intact(*end)).count(),
+            false => 0,
+        };
         let committed_len = match kept {
-            _ if cut < SEGMENT_HEADER_BYTES => 0,
+            _ if !header_whole => 0,
             0 => SEGMENT_HEADER_BYTES,
             kept => encoded.batches[kept - 1].0,
         };
         let records: usize = encoded.batches[..kept].iter().map(|(_, records)| records.len()).sum();
-        let sealed = committed_len == bytes.len() && cut >= SEGMENT_HEADER_BYTES;
+        let sealed = committed_len == bytes.len() && header_whole;
         if is_last || sealed {
             let scan = result.as_ref().unwrap_or_else(|damage| {
                 panic!("undamaged segment cut at {cut} + {zeros} zeros (is_last {is_last}): {damage:?}")

@@ -378,15 +378,18 @@ pub fn decode_segment(
     if bytes.len() as u64 > SEGMENT_BYTES_MAX {
         return Err(damage(0, expected_first_seq, CorruptionReason::TooLarge));
     }
-    if is_last && written_len(bytes) < SEGMENT_HEADER_BYTES {
-        return Ok(SegmentScan {
-            first_seq: expected_first_seq,
-            end_seq: expected_first_seq,
-            committed_len: 0,
-            torn_bytes: bytes.len() as u64,
-        });
+    if let Err(found) = check_segment_header(bytes, expected_first_seq) {
+        // A header that never finished: nothing after it was written either.
+        if is_last && written_len(bytes) < SEGMENT_HEADER_BYTES {
+            return Ok(SegmentScan {
+                first_seq: expected_first_seq,
+                end_seq: expected_first_seq,
+                committed_len: 0,
+                torn_bytes: bytes.len() as u64,
+            });
+        }
+        return Err(found);
     }
-    check_segment_header(bytes, expected_first_seq)?;
 
     let mut seq = expected_first_seq;
     let mut pos = SEGMENT_HEADER_BYTES;
