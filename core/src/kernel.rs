@@ -14,12 +14,15 @@
 //! polled; the kernel relies on that order (a sync covers the writes polled
 //! before it).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::disk::{DiskCompletion, DiskOp, IoError};
+use crate::node::{Membership, Node, NodeStatus};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{NodeConfig, NodeConfigError, NodeError, ReplicaEvent};
 use crate::wal::{RecoveryReport, Wal, WalConfig, WalConfigError, WalEntry, WalError, WalEvent, WalStats};
 
 /// Everything a kernel needs to start.
@@ -65,6 +68,30 @@ pub enum Command {
     RemoveBefore(u64),
     /// Answered at once with [`Reply::Stats`].
     Stats,
+    /// Replicate a command; answered with [`Reply::Proposed`] once it is
+    /// applied here (leader only).
+    Propose(Bytes),
+    /// Run a command against the local state machine, without consensus;
+    /// answered with [`Reply::Queried`].
+    Query(Bytes),
+    /// A linearizable read fence: answered with [`Reply::ReadIndex`] once a
+    /// quorum confirmed the leader and this node has applied the read index.
+    ReadIndex,
+    /// Start an election now; answered with [`Reply::Done`].
+    Campaign,
+    /// Hand leadership to this node; answered with [`Reply::Done`] once
+    /// asked (watch [`Reply::Status`] for the outcome).
+    TransferLeader(u64),
+    /// Change the membership; answered with [`Reply::MembershipChanged`]
+    /// once the change is applied.
+    ChangeMembership {
+        /// What to do.
+        change: Membership,
+        /// To which node.
+        node: u64,
+    },
+    /// Answered at once with [`Reply::Status`].
+    Status,
 }
 
 /// The answer to a [`Command`].
@@ -84,6 +111,18 @@ pub enum Reply {
     Removed(Result<usize, WalError>),
     /// The log's counters.
     Stats(WalStats),
+    /// The state machine's result for the proposal, or why it failed.
+    Proposed(Result<Result<Bytes, String>, NodeError>),
+    /// The local state machine's answer.
+    Queried(Result<Result<Bytes, String>, NodeError>),
+    /// The confirmed read index; the state machine has applied it.
+    ReadIndex(Result<u64, NodeError>),
+    /// The voters and learners after the change.
+    MembershipChanged(Result<(Vec<u64>, Vec<u64>), NodeError>),
+    /// The request was handed to Raft.
+    Done(Result<(), NodeError>),
+    /// The node's view of the cluster.
+    Status(Result<NodeStatus, NodeError>),
 }
 
 /// Something that happened, for logs and metrics. Bindings report events;
@@ -101,6 +140,14 @@ pub enum Event {
         /// How long so far.
         elapsed: Duration,
     },
+    /// Something happened in the Raft replica.
+    Replica(ReplicaEvent),
+    /// Removing log segments behind a snapshot failed; they stay on disk
+    /// and are removed after the next snapshot.
+    CompactionFailed(WalError),
+    /// The node stopped: its storage failed or its state could not be
+    /// rebuilt. Every later request fails with this error.
+    NodeFailed(NodeError),
 }
 
 /// One input to [`Kernel::handle_input`].
@@ -115,6 +162,14 @@ pub enum Input {
     },
     /// A disk operation finished.
     Disk(DiskCompletion),
+    /// A Raft message arrived from peer `from` (already authenticated by the
+    /// transport as that peer).
+    Message {
+        /// The sending node.
+        from: u64,
+        /// The encoded message.
+        message: Bytes,
+    },
     /// The time from [`Kernel::poll_timeout`] has been reached.
     Timeout,
 }
@@ -124,6 +179,13 @@ pub enum Input {
 pub enum Output {
     /// Execute this, then feed back its completion.
     Disk(DiskOp),
+    /// Deliver this Raft message to node `to` (best effort: Raft retries).
+    Send {
+        /// The receiving node.
+        to: u64,
+        /// The encoded message.
+        message: Bytes,
+    },
     /// Deliver this to the caller of command `id`.
     Reply {
         /// The command answered.
@@ -140,6 +202,8 @@ pub enum Output {
 pub enum TimerReason {
     /// To report a sync that takes longer than the flush interval.
     WalSyncOverdue,
+    /// A Raft tick or a request deadline.
+    Replica,
 }
 
 #[derive(Debug)]
@@ -151,53 +215,117 @@ struct DurableWaiter {
     seq: u64,
 }
 
+/// Who a request handed to the log or the replica belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ticket {
+    /// A caller's command.
+    Command(CommandId),
+    /// The node reading its log back after recovery.
+    NodeRecovery,
+    /// The node removing segments a snapshot made obsolete.
+    Compaction,
+}
+
+/// Why a kernel could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelConfigError {
+    /// The log's configuration is invalid.
+    #[error(transparent)]
+    Wal(#[from] WalConfigError),
+    /// The node's configuration is invalid.
+    #[error(transparent)]
+    Node(#[from] NodeConfigError),
+}
+
 /// A node's state machine. See the module documentation for the loop.
 #[derive(Debug)]
 pub struct Kernel {
     wal: Wal,
+    node: Option<Node>,
     recovered: Option<Result<RecoveryReport, WalError>>,
     queued: VecDeque<(CommandId, Command)>,
     open_waiters: Vec<CommandId>,
     durable_waiters: VecDeque<DurableWaiter>,
+    tickets: BTreeMap<u64, Ticket>,
+    next_ticket: u64,
     outputs: VecDeque<Output>,
 }
 
 impl Kernel {
-    /// Creates a kernel; it starts recovering its log at once (the first
-    /// outputs are disk operations).
+    /// Creates a kernel owning a standalone log; it starts recovering the
+    /// log at once (the first outputs are disk operations).
     ///
     /// # Errors
     ///
     /// An invalid config.
     pub fn new(config: KernelConfig) -> Result<Self, WalConfigError> {
         config.validate()?;
+        Ok(Self::build(config, None))
+    }
+
+    /// Creates a kernel for a replicated node: its log holds the node's Raft
+    /// state, rebuilt after recovery, and `state_machine` is the one applied.
+    ///
+    /// # Errors
+    ///
+    /// An invalid config.
+    pub fn new_node(
+        config: KernelConfig,
+        node: NodeConfig,
+        state_machine: StateMachine,
+    ) -> Result<Self, KernelConfigError> {
+        config.validate()?;
+        node.validate()?;
+        Ok(Self::build(config, Some(Node::new(node, state_machine))))
+    }
+
+    fn build(config: KernelConfig, node: Option<Node>) -> Self {
         let mut kernel = Self {
             wal: Wal::new(config.wal),
+            node,
             recovered: None,
             queued: VecDeque::new(),
             open_waiters: Vec::new(),
             durable_waiters: VecDeque::new(),
+            tickets: BTreeMap::new(),
+            next_ticket: 0,
             outputs: VecDeque::new(),
         };
         kernel.collect(None);
-        Ok(kernel)
+        kernel
+    }
+
+    /// Whether commands can run (the log, and the node if any, recovered).
+    fn is_ready(&self) -> bool {
+        !self.wal.is_recovering() && self.node.as_ref().is_none_or(Node::is_ready)
     }
 
     /// Consumes one input. Follow it by draining [`Kernel::poll_output`].
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Command { id, command } => {
-                if self.wal.is_recovering() {
-                    self.queued.push_back((id, command));
-                } else {
+                if self.is_ready() {
                     self.execute(now, id, command);
+                } else {
+                    self.queued.push_back((id, command));
                 }
             }
             Input::Disk(completion) => {
                 assert!(self.wal.owns(completion.io), "completion for an unknown operation: {completion:?}");
                 self.wal.handle_completion(now, completion);
             }
-            Input::Timeout => self.wal.handle_timeout(now),
+            Input::Message { from, message } => {
+                if let Some(node) = &mut self.node {
+                    node.handle_message(now, from, &message, &mut self.wal);
+                }
+            }
+            Input::Timeout => {
+                self.wal.handle_timeout(now);
+                if let Some(node) = &mut self.node {
+                    node.handle_timeout(now, &mut self.wal);
+                }
+            }
         }
         self.collect(Some(now));
     }
@@ -212,14 +340,58 @@ impl Kernel {
     /// When to feed [`Input::Timeout`], and why; `None` if no timer is set.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
-        self.wal.poll_timeout().map(|at| (at, TimerReason::WalSyncOverdue))
+        let wal = self.wal.poll_timeout().map(|at| (at, TimerReason::WalSyncOverdue));
+        let node = self.node.as_ref().and_then(Node::poll_timeout).map(|at| (at, TimerReason::Replica));
+        match (wal, node) {
+            (Some(wal), Some(node)) => Some(if node.0 < wal.0 { node } else { wal }),
+            (wal, node) => wal.or(node),
+        }
     }
 
     fn reply(&mut self, id: CommandId, reply: Reply) {
         self.outputs.push_back(Output::Reply { id, reply });
     }
 
+    fn ticket(&mut self, owner: Ticket) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.tickets.insert(ticket, owner);
+        ticket
+    }
+
     fn execute(&mut self, now: Instant, id: CommandId, command: Command) {
+        let node_command = matches!(
+            command,
+            Command::Propose(_)
+                | Command::Query(_)
+                | Command::ReadIndex
+                | Command::Campaign
+                | Command::TransferLeader(_)
+                | Command::ChangeMembership { .. }
+                | Command::Status
+        );
+        if node_command {
+            let ticket = self.ticket(Ticket::Command(id));
+            match &mut self.node {
+                Some(node) => node.execute(now, ticket, command, &mut self.wal),
+                None => {
+                    self.tickets.remove(&ticket);
+                    self.reply(id, crate::node::failure_reply(&command, NodeError::NotConfigured));
+                }
+            }
+            return;
+        }
+        let log_command = !matches!(command, Command::Open | Command::Stats);
+        if log_command && self.node.is_some() {
+            let reply = match command {
+                Command::Append(_) => Reply::Appended(Err(WalError::OwnedByNode)),
+                Command::Flush => Reply::Flushed(Err(WalError::OwnedByNode)),
+                Command::ReadAll => Reply::Entries(Err(WalError::OwnedByNode)),
+                Command::TruncateFrom(_) => Reply::Truncated(Err(WalError::OwnedByNode)),
+                _ => Reply::Removed(Err(WalError::OwnedByNode)),
+            };
+            return self.reply(id, reply);
+        }
         match command {
             Command::Open => match &self.recovered {
                 Some(result) => self.reply(id, Reply::Opened(result.clone())),
@@ -244,16 +416,21 @@ impl Kernel {
                 }
             }
             Command::ReadAll => {
-                if let Err(error) = self.wal.read_all(id.0) {
+                let ticket = self.ticket(Ticket::Command(id));
+                if let Err(error) = self.wal.read_all(ticket) {
+                    self.tickets.remove(&ticket);
                     self.reply(id, Reply::Entries(Err(error)));
                 }
             }
             Command::Stats => self.reply(id, Reply::Stats(self.wal.stats())),
             Command::RemoveBefore(seq) => {
-                if let Err(error) = self.wal.remove_before(id.0, seq) {
+                let ticket = self.ticket(Ticket::Command(id));
+                if let Err(error) = self.wal.remove_before(ticket, seq) {
+                    self.tickets.remove(&ticket);
                     self.reply(id, Reply::Removed(Err(error)));
                 }
             }
+            _ => unreachable!("node commands are handled above"),
         }
     }
 
@@ -270,15 +447,46 @@ impl Kernel {
         }
     }
 
-    /// Moves the log's operations and events into outputs. `now` is `None`
-    /// only during construction, when no command can be queued.
+    /// Moves the log's and the node's work into outputs. `now` is `None`
+    /// only during construction, when nothing can be queued yet.
     fn collect(&mut self, now: Option<Instant>) {
         loop {
             while let Some(op) = self.wal.poll_op() {
                 self.outputs.push_back(Output::Disk(op));
             }
-            let Some(event) = self.wal.poll_event() else { break };
-            self.on_wal_event(now, event);
+            if let Some(event) = self.wal.poll_event() {
+                self.on_wal_event(now, event);
+                continue;
+            }
+            let Some(node) = &mut self.node else { break };
+            let Some(output) = node.poll_output() else { break };
+            self.on_node_output(now, output);
+        }
+    }
+
+    fn on_node_output(&mut self, now: Option<Instant>, output: crate::node::NodeOutput) {
+        use crate::node::NodeOutput;
+        match output {
+            NodeOutput::Send { to, message } => self.outputs.push_back(Output::Send { to, message }),
+            NodeOutput::Reply { ticket, reply } => match self.tickets.remove(&ticket) {
+                Some(Ticket::Command(id)) => self.reply(id, reply),
+                owner => panic!("node answered ticket {ticket} owned by {owner:?}"),
+            },
+            NodeOutput::Event(event) => self.outputs.push_back(Output::Event(event)),
+            NodeOutput::RemoveWalBefore(seq) => {
+                let ticket = self.ticket(Ticket::Compaction);
+                if self.wal.remove_before(ticket, seq).is_err() {
+                    self.tickets.remove(&ticket);
+                }
+            }
+            NodeOutput::Ready => {
+                let queued = std::mem::take(&mut self.queued);
+                if let Some(now) = now {
+                    for (id, command) in queued {
+                        self.execute(now, id, command);
+                    }
+                }
+            }
         }
     }
 
@@ -291,6 +499,9 @@ impl Kernel {
             WalEvent::RecoveryFailed(error) => {
                 let error = WalError::Recovery(error);
                 self.outputs.push_back(Output::Event(Event::WalRecoveryFailed(error.clone())));
+                if let Some(node) = &mut self.node {
+                    node.fail(NodeError::Storage(error.to_string()));
+                }
                 self.finish_recovery(now, Err(error));
             }
             WalEvent::Durable { upto } => {
@@ -299,18 +510,39 @@ impl Kernel {
                     self.durable_waiters.pop_front();
                     self.reply(id, reply);
                 }
+                if let (Some(node), Some(now)) = (&mut self.node, now) {
+                    node.handle_durable(now, &mut self.wal);
+                }
             }
             WalEvent::Failed(error) => {
                 for waiter in std::mem::take(&mut self.durable_waiters) {
                     self.reply(waiter.id, (waiter.reply)(Err(WalError::Io(error.clone()))));
+                }
+                if let Some(node) = &mut self.node {
+                    node.fail(NodeError::Storage(error.to_string()));
                 }
                 self.outputs.push_back(Output::Event(Event::WalFailed(error)));
             }
             WalEvent::SyncOverdue { elapsed } => {
                 self.outputs.push_back(Output::Event(Event::WalSyncOverdue { elapsed }));
             }
-            WalEvent::ReadDone { ticket, result } => self.reply(CommandId(ticket), Reply::Entries(result)),
-            WalEvent::Removed { ticket, result } => self.reply(CommandId(ticket), Reply::Removed(result)),
+            WalEvent::ReadDone { ticket, result } => match self.tickets.remove(&ticket) {
+                Some(Ticket::Command(id)) => self.reply(id, Reply::Entries(result)),
+                Some(Ticket::NodeRecovery) => {
+                    let (node, now) = (self.node.as_mut().expect("only a node reads itself back"), now);
+                    node.rebuild(now.expect("recovery completes on an input"), result, &mut self.wal);
+                }
+                owner => panic!("read done for ticket {ticket} owned by {owner:?}"),
+            },
+            WalEvent::Removed { ticket, result } => match self.tickets.remove(&ticket) {
+                Some(Ticket::Command(id)) => self.reply(id, Reply::Removed(result)),
+                Some(Ticket::Compaction) => {
+                    if let Err(error) = result {
+                        self.outputs.push_back(Output::Event(Event::CompactionFailed(error)));
+                    }
+                }
+                owner => panic!("removal done for ticket {ticket} owned by {owner:?}"),
+            },
         }
     }
 
@@ -318,7 +550,14 @@ impl Kernel {
         for id in std::mem::take(&mut self.open_waiters) {
             self.reply(id, Reply::Opened(result.clone()));
         }
+        let recovered = result.is_ok();
         self.recovered = Some(result);
+        if recovered && self.node.is_some() {
+            // The node rebuilds its state from the log before taking commands.
+            let ticket = self.ticket(Ticket::NodeRecovery);
+            self.wal.read_all(ticket).expect("the log has just opened");
+            return;
+        }
         let queued = std::mem::take(&mut self.queued);
         if let Some(now) = now {
             for (id, command) in queued {

@@ -15,6 +15,11 @@
 
 pub mod disk;
 pub mod kernel;
+pub mod node;
+pub mod raft;
 pub mod wal;
 
-pub use kernel::{Command, CommandId, Event, Input, Kernel, KernelConfig, Output, Reply, TimerReason};
+pub use kernel::{
+    Command, CommandId, Event, Input, Kernel, KernelConfig, KernelConfigError, Output, Reply, TimerReason,
+};
+pub use node::{Membership, NodeStatus, PeerProgress};

@@ -157,6 +157,9 @@ pub enum WalError {
     /// or written with a number near `u64::MAX`).
     #[error("the log has used every sequence number")]
     SequenceExhausted,
+    /// The log holds a replicated node's state; only the node writes it.
+    #[error("the log belongs to the replicated node")]
+    OwnedByNode,
     /// A truncation point beyond the end of the log.
     #[error("cannot truncate from sequence {from_seq}: the log ends before {next_seq}")]
     TruncateBeyondEnd {

@@ -1,0 +1,247 @@
+//! The replicated node inside the kernel: rebuilds its Raft replica from the
+//! log after recovery, passes commands to it, and turns its outputs into the
+//! kernel's.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use raft::eraftpb::ConfChangeType;
+
+use crate::kernel::{Command, Event, Reply};
+use crate::raft::records::RaftRecord;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{Answer, NodeConfig, NodeError, Replica, ReplicaOutput};
+use crate::wal::{Wal, WalEntry, WalError};
+
+/// A membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Add a node that receives the log but does not vote.
+    AddLearner,
+    /// Add a voter, or promote a learner to voter.
+    AddVoter,
+    /// Remove a voter or learner.
+    Remove,
+}
+
+/// Replication progress of one peer, as the leader tracks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// Highest log index known to be replicated on the peer.
+    pub matched: u64,
+    /// Next log index to send to it.
+    pub next: u64,
+}
+
+/// A node's view of its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This node.
+    pub id: u64,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// Highest committed log index known here.
+    pub commit: u64,
+    /// Highest index applied to the state machine here.
+    pub applied: u64,
+    /// Voting members.
+    pub voters: Vec<u64>,
+    /// Non-voting members.
+    pub learners: Vec<u64>,
+    /// Each member's progress; only the leader tracks it (empty elsewhere).
+    pub progress: BTreeMap<u64, PeerProgress>,
+}
+
+impl NodeStatus {
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader == Some(self.id)
+    }
+}
+
+/// What the node hands back to the kernel.
+#[derive(Debug)]
+pub(crate) enum NodeOutput {
+    Send { to: u64, message: Bytes },
+    Reply { ticket: u64, reply: Reply },
+    Event(Event),
+    RemoveWalBefore(u64),
+    /// The node has rebuilt its state (or failed to): queued commands may run.
+    Ready,
+}
+
+/// The answer to a node command that cannot run.
+pub(crate) fn failure_reply(command: &Command, error: NodeError) -> Reply {
+    match command {
+        Command::Propose(_) => Reply::Proposed(Err(error)),
+        Command::Query(_) => Reply::Queried(Err(error)),
+        Command::ReadIndex => Reply::ReadIndex(Err(error)),
+        Command::ChangeMembership { .. } => Reply::MembershipChanged(Err(error)),
+        Command::Status => Reply::Status(Err(error)),
+        _ => Reply::Done(Err(error)),
+    }
+}
+
+pub(crate) struct Node {
+    config: NodeConfig,
+    state_machine: StateMachine,
+    replica: Option<Replica>,
+    failed: Option<NodeError>,
+    outputs: VecDeque<NodeOutput>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Node").field("replica", &self.replica).field("failed", &self.failed).finish()
+    }
+}
+
+impl Node {
+    pub(crate) fn new(config: NodeConfig, state_machine: StateMachine) -> Self {
+        Self { config, state_machine, replica: None, failed: None, outputs: VecDeque::new() }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.replica.is_some() || self.failed.is_some()
+    }
+
+    pub(crate) fn poll_output(&mut self) -> Option<NodeOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.replica.as_ref().filter(|_| self.failed.is_none()).map(Replica::poll_timeout)
+    }
+
+    /// Stops the node: every later request fails with `error`.
+    pub(crate) fn fail(&mut self, error: NodeError) {
+        if self.failed.is_none() {
+            self.failed = Some(error.clone());
+            self.outputs.push_back(NodeOutput::Event(Event::NodeFailed(error)));
+            self.outputs.push_back(NodeOutput::Ready);
+        }
+    }
+
+    /// Rebuilds the replica from the log read back after recovery.
+    pub(crate) fn rebuild(&mut self, now: Instant, read: Result<Vec<WalEntry>, WalError>, wal: &mut Wal) {
+        let records: Result<Vec<(u64, RaftRecord)>, NodeError> = read
+            .map_err(|error| NodeError::Storage(error.to_string()))
+            .and_then(|entries| {
+                entries
+                    .into_iter()
+                    .map(|entry| {
+                        let record = RaftRecord::decode(&entry.payload)
+                            .map_err(|error| NodeError::Storage(format!("wal entry {}: {error}", entry.seq)))?;
+                        Ok((entry.seq, record))
+                    })
+                    .collect()
+            });
+        let replica = records.and_then(|records| {
+            Replica::recover(self.config.clone(), self.state_machine.clone(), records, now, wal)
+        });
+        match replica {
+            Ok(replica) => {
+                self.replica = Some(replica);
+                self.drain();
+                self.outputs.push_back(NodeOutput::Ready);
+            }
+            Err(error) => self.fail(error),
+        }
+    }
+
+    fn running(&mut self) -> Result<&mut Replica, NodeError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        self.replica.as_mut().ok_or(NodeError::ShuttingDown)
+    }
+
+    pub(crate) fn execute(&mut self, now: Instant, ticket: u64, command: Command, wal: &mut Wal) {
+        let replica = match self.running() {
+            Ok(replica) => replica,
+            Err(error) => {
+                let reply = failure_reply(&command, error);
+                self.outputs.push_back(NodeOutput::Reply { ticket, reply });
+                return;
+            }
+        };
+        let immediate = match command {
+            Command::Propose(data) => {
+                replica.propose(now, ticket, data, wal);
+                None
+            }
+            Command::Query(query) => Some(Reply::Queried(Ok(replica.query(&query)))),
+            Command::ReadIndex => {
+                replica.read_index(now, ticket, wal);
+                None
+            }
+            Command::Campaign => {
+                replica.campaign(now, wal);
+                Some(Reply::Done(Ok(())))
+            }
+            Command::TransferLeader(node) => {
+                replica.transfer_leader(now, node, wal);
+                Some(Reply::Done(Ok(())))
+            }
+            Command::ChangeMembership { change, node } => {
+                let change = match change {
+                    Membership::AddLearner => ConfChangeType::AddLearnerNode,
+                    Membership::AddVoter => ConfChangeType::AddNode,
+                    Membership::Remove => ConfChangeType::RemoveNode,
+                };
+                replica.change_membership(now, ticket, change, node, wal);
+                None
+            }
+            Command::Status => Some(Reply::Status(Ok(replica.status()))),
+            other => unreachable!("the kernel passes only node commands, not {other:?}"),
+        };
+        if let Some(reply) = immediate {
+            self.outputs.push_back(NodeOutput::Reply { ticket, reply });
+        }
+        self.drain();
+    }
+
+    pub(crate) fn handle_message(&mut self, now: Instant, from: u64, message: &[u8], wal: &mut Wal) {
+        if let Ok(replica) = self.running() {
+            replica.handle_message(now, from, message, wal);
+            self.drain();
+        }
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant, wal: &mut Wal) {
+        if let Ok(replica) = self.running() {
+            replica.handle_timeout(now, wal);
+            self.drain();
+        }
+    }
+
+    pub(crate) fn handle_durable(&mut self, now: Instant, wal: &mut Wal) {
+        if let Ok(replica) = self.running() {
+            replica.handle_durable(now, wal);
+            self.drain();
+        }
+    }
+
+    fn drain(&mut self) {
+        let Some(replica) = &mut self.replica else { return };
+        while let Some(output) = replica.poll_output() {
+            let output = match output {
+                ReplicaOutput::Send { to, message } => NodeOutput::Send { to, message },
+                ReplicaOutput::RemoveWalBefore(seq) => NodeOutput::RemoveWalBefore(seq),
+                ReplicaOutput::Event(event) => NodeOutput::Event(Event::Replica(event)),
+                ReplicaOutput::Answer { ticket, answer } => {
+                    let reply = match answer {
+                        Answer::Applied(result) => Reply::Proposed(result),
+                        Answer::ReadIndex(result) => Reply::ReadIndex(result),
+                        Answer::ConfChanged(result) => Reply::MembershipChanged(result),
+                    };
+                    NodeOutput::Reply { ticket, reply }
+                }
+            };
+            self.outputs.push_back(output);
+        }
+    }
+}

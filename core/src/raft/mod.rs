@@ -1,0 +1,781 @@
+//! Raft in the core: raft-rs's `RawNode` stepped from events, its state made
+//! durable through the WAL before anything depending on it leaves, and the
+//! user's state machine applied from committed entries.
+//!
+//! The replica never reads a clock: ticks are computed from the `now` of each
+//! call. raft-rs draws election timeouts from OS randomness; after every call
+//! into the `RawNode` the replica overrides a freshly drawn timeout with one
+//! from its own seeded generator, so a run is a function of its seed.
+
+pub mod log_store;
+pub mod records;
+pub mod state_machine;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::wal::Wal;
+use log_store::LogStore;
+use records::RaftRecord;
+use state_machine::StateMachine;
+
+/// Largest Raft message accepted from a peer, in bytes.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most ticks replayed at once after a long pause; later ticks are skipped.
+const TICKS_CATCH_UP_MAX: u32 = 1000;
+
+/// How a node takes part in consensus. `Default` gives a single node with
+/// id 1, ticks of 100 ms, elections after 10 to 20 ticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id, non-zero and unique in the cluster.
+    pub id: u64,
+    /// Voters of a brand-new cluster, this node included. Used only when
+    /// the log is empty; empty means "join an existing cluster" (wait to be
+    /// added by its leader).
+    pub voters: Vec<u64>,
+    /// Seeds election timeouts and request ids.
+    pub seed: u64,
+    /// Length of one Raft tick.
+    pub tick_interval: Duration,
+    /// Ticks without a leader before an election (randomized in `[n, 2n)`).
+    pub election_ticks: usize,
+    /// Ticks between heartbeats; less than `election_ticks`.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot and compact the log once this many entries have been
+    /// applied since the last one (the spec's default: 1000).
+    pub snapshot_lag_threshold: u64,
+    /// How long a proposal or read may wait for its answer.
+    pub request_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            voters: vec![1],
+            seed: 0,
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_lag_threshold: 1000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a [`NodeConfig`] is invalid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeConfigError {
+    /// Node id 0 is reserved by Raft.
+    #[error("node id must be non-zero")]
+    ZeroId,
+    /// Heartbeats must come more often than elections.
+    #[error("heartbeat ticks ({heartbeat}) must be at least 1 and below election ticks ({election})")]
+    Ticks {
+        /// Configured heartbeat ticks.
+        heartbeat: usize,
+        /// Configured election ticks.
+        election: usize,
+    },
+    /// A zero tick interval or request timeout.
+    #[error("tick interval and request timeout must be non-zero")]
+    ZeroDuration,
+    /// Initial voters that do not include this node.
+    #[error("initial voters {voters:?} do not include this node ({id})")]
+    NotAVoter {
+        /// This node.
+        id: u64,
+        /// The configured voters.
+        voters: Vec<u64>,
+    },
+}
+
+impl NodeConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// The first invalid field.
+    pub fn validate(&self) -> Result<(), NodeConfigError> {
+        if self.id == 0 {
+            return Err(NodeConfigError::ZeroId);
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(NodeConfigError::Ticks { heartbeat: self.heartbeat_ticks, election: self.election_ticks });
+        }
+        if self.tick_interval.is_zero() || self.request_timeout.is_zero() {
+            return Err(NodeConfigError::ZeroDuration);
+        }
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
+            return Err(NodeConfigError::NotAVoter { id: self.id, voters: self.voters.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// Why a proposal, read or membership change failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Only the leader takes this request; `leader` is the one this node
+    /// knows of, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<u64>,
+    },
+    /// The entry was lost to a change of leader before it committed: it
+    /// was not applied; it is safe to retry.
+    #[error("dropped by a change of leader; not applied")]
+    Dropped,
+    /// No answer within the request timeout; the outcome is unknown.
+    #[error("timed out; the outcome is unknown")]
+    TimedOut,
+    /// The node is not part of the cluster's configuration.
+    #[error("unknown peer {0}")]
+    UnknownPeer(u64),
+    /// Raft refused the request.
+    #[error("raft refused: {0}")]
+    Refused(String),
+    /// The log failed; the node must be restarted.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The node is not running.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The kernel was built without a node (a standalone log).
+    #[error("this kernel runs no replicated node")]
+    NotConfigured,
+}
+
+/// Something for the kernel to do on the replica's behalf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaOutput {
+    /// Send a Raft message to a peer.
+    Send {
+        /// Peer id.
+        to: u64,
+        /// Encoded message.
+        message: Bytes,
+    },
+    /// Remove the WAL segments holding only records below this sequence
+    /// number: a durable snapshot covers them.
+    RemoveWalBefore(u64),
+    /// Report this.
+    Event(ReplicaEvent),
+    /// Answer a request the replica accepted with this ticket.
+    Answer {
+        /// The ticket the request came with.
+        ticket: u64,
+        /// The answer.
+        answer: Answer,
+    },
+}
+
+/// Something that happened in the replica, for logs, metrics and the
+/// simulator's checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaEvent {
+    /// The node's role or known leader changed.
+    Role {
+        /// Current term.
+        term: u64,
+        /// Whether this node leads.
+        leader: bool,
+        /// The leader this node knows of.
+        leader_id: Option<u64>,
+    },
+    /// Entries were applied, up to and including this index.
+    Applied {
+        /// The highest applied index.
+        index: u64,
+    },
+    /// A snapshot from the leader could not be restored by the state
+    /// machine; it was not installed.
+    SnapshotRefused {
+        /// The snapshot's index.
+        index: u64,
+        /// The state machine's error.
+        error: String,
+    },
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The state machine's result for a committed proposal, or why the
+    /// proposal failed.
+    Applied(Result<Result<Bytes, String>, NodeError>),
+    /// A linearizable read point: the state machine has applied at least
+    /// this index, which the leader confirmed with a quorum.
+    ReadIndex(Result<u64, NodeError>),
+    /// A configuration change was applied; the new voters and learners.
+    ConfChanged(Result<(Vec<u64>, Vec<u64>), NodeError>),
+}
+
+/// A request waiting for its entry to be applied.
+#[derive(Debug)]
+struct Waiting {
+    ticket: u64,
+    /// The log index the entry was proposed at.
+    index: u64,
+    deadline: Instant,
+    conf_change: bool,
+}
+
+/// A read waiting for its read index, then for the state machine.
+#[derive(Debug)]
+struct PendingRead {
+    ticket: u64,
+    deadline: Instant,
+    index: Option<u64>,
+}
+
+/// Raft state whose persistence is in flight: released once the WAL has made
+/// every record up to `wal_seq_end` durable.
+#[derive(Debug)]
+struct Unpersisted {
+    ready: u64,
+    wal_seq_end: u64,
+    messages: Vec<Message>,
+}
+
+/// One node's Raft replica.
+pub struct Replica {
+    config: NodeConfig,
+    raw: RawNode<LogStore>,
+    state_machine: StateMachine,
+    rng: ChaCha8Rng,
+    next_tick: Instant,
+    next_request: u64,
+    proposals: BTreeMap<u64, Waiting>,
+    reads: BTreeMap<u64, PendingRead>,
+    unpersisted: VecDeque<Unpersisted>,
+    /// WAL sequence number of each entry's record, by log index.
+    entry_seqs: BTreeMap<u64, u64>,
+    /// A snapshot written to the WAL: once its record (sequence number
+    /// `.0`) is durable, segments below `.1` hold nothing still needed.
+    compaction: Option<(u64, u64)>,
+    outputs: VecDeque<ReplicaOutput>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Replica")
+            .field("id", &self.config.id)
+            .field("term", &self.raw.raft.term)
+            .field("role", &self.raw.raft.state)
+            .field("applied", &self.raw.raft.raft_log.applied)
+            .finish()
+    }
+}
+
+/// The sequence numbers of a proposal: `(proposer, request)` in the entry's
+/// context, so that results find their request whatever the queue order.
+fn encode_context(node: u64, request: u64) -> Vec<u8> {
+    let mut context = node.to_le_bytes().to_vec();
+    context.extend_from_slice(&request.to_le_bytes());
+    context
+}
+
+fn decode_context(context: &[u8]) -> Option<(u64, u64)> {
+    let (node, request) = context.split_first_chunk::<8>()?;
+    let request: &[u8; 8] = request.try_into().ok()?;
+    Some((u64::from_le_bytes(*node), u64::from_le_bytes(*request)))
+}
+
+impl Replica {
+    /// Rebuilds a replica from the records recovered from its WAL (in log
+    /// order, with their sequence numbers), bootstrapping a new cluster if
+    /// there are none and the config names voters.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Storage`] when the records are inconsistent or the
+    /// state machine refuses the snapshot; [`NodeError::Refused`] for a
+    /// configuration raft-rs rejects.
+    pub fn recover(
+        config: NodeConfig,
+        state_machine: StateMachine,
+        records: impl IntoIterator<Item = (u64, RaftRecord)>,
+        now: Instant,
+        wal: &mut Wal,
+    ) -> Result<Self, NodeError> {
+        let mut store = LogStore::default();
+        let mut entry_seqs = BTreeMap::new();
+        let mut empty = true;
+        for (seq, record) in records {
+            empty = false;
+            match record {
+                RaftRecord::Entry(entry) => {
+                    if entry.index <= store.snapshot_index() {
+                        continue;
+                    }
+                    if entry.index > store.last() + 1 {
+                        return Err(NodeError::Storage(format!(
+                            "log entry {} recovered after entry {}",
+                            entry.index,
+                            store.last()
+                        )));
+                    }
+                    entry_seqs.split_off(&entry.index);
+                    entry_seqs.insert(entry.index, seq);
+                    store.append(&[entry]);
+                }
+                RaftRecord::HardState(hard_state) => store.set_hard_state(hard_state),
+                RaftRecord::Snapshot(snapshot) => {
+                    entry_seqs = entry_seqs.split_off(&(snapshot.get_metadata().index + 1));
+                    store.install_snapshot(snapshot);
+                }
+                RaftRecord::Bootstrap(conf_state) => store.set_conf_state(conf_state),
+            }
+        }
+        if empty && !config.voters.is_empty() {
+            let mut conf_state = raft::eraftpb::ConfState::default();
+            conf_state.voters = config.voters.clone();
+            wal.append(now, RaftRecord::Bootstrap(conf_state.clone()).encode())
+                .map_err(|error| NodeError::Storage(error.to_string()))?;
+            store.set_conf_state(conf_state);
+        }
+        if store.snapshot_index() > 0 {
+            state_machine
+                .restore(&store.snapshot_ref().data)
+                .map_err(|error| NodeError::Storage(format!("state machine refused the snapshot: {error}")))?;
+        }
+        let applied = store.snapshot_index();
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        raft_config.validate().map_err(|error| NodeError::Refused(error.to_string()))?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, store, &logger).map_err(|error| NodeError::Refused(error.to_string()))?;
+        let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut replica = Self {
+            next_tick: now + config.tick_interval,
+            config,
+            raw,
+            state_machine,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            next_request: 0,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            unpersisted: VecDeque::new(),
+            entry_seqs,
+            compaction: None,
+            outputs: VecDeque::new(),
+        };
+        replica.pin_election_timeout();
+        replica.process(now, wal);
+        Ok(replica)
+    }
+
+    /// raft-rs draws a new election timeout from OS randomness whenever it
+    /// resets its election clock; replace it with one from the seed.
+    fn pin_election_timeout(&mut self) {
+        if self.raw.raft.election_elapsed == 0 {
+            let ticks = self.config.election_ticks;
+            let timeout = ticks + self.rng.random_range(0..ticks);
+            self.raw.raft.set_randomized_election_timeout(timeout);
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<ReplicaOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest time the replica needs [`Replica::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        let deadlines = self.proposals.values().map(|waiting| waiting.deadline);
+        let read_deadlines = self.reads.values().map(|read| read.deadline);
+        deadlines.chain(read_deadlines).fold(self.next_tick, Instant::min)
+    }
+
+    /// Advances Raft's clock to `now` and expires requests.
+    pub fn handle_timeout(&mut self, now: Instant, wal: &mut Wal) {
+        let mut ticks = 0;
+        while now >= self.next_tick && ticks < TICKS_CATCH_UP_MAX {
+            self.raw.tick();
+            self.pin_election_timeout();
+            self.next_tick += self.config.tick_interval;
+            ticks += 1;
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + self.config.tick_interval;
+        }
+        let expired: Vec<u64> = self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(&id, _)| id).collect();
+        for id in expired {
+            let waiting = self.proposals.remove(&id).expect("listed above");
+            self.answer_failed(waiting, NodeError::TimedOut);
+        }
+        let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
+        for id in expired {
+            let read = self.reads.remove(&id).expect("listed above");
+            self.answer(read.ticket, Answer::ReadIndex(Err(NodeError::TimedOut)));
+        }
+        self.process(now, wal);
+    }
+
+    /// Steps a message received from peer `from`. Undecodable or oversized
+    /// messages, and messages claiming another sender, are dropped.
+    pub fn handle_message(&mut self, now: Instant, from: u64, bytes: &[u8], wal: &mut Wal) {
+        if bytes.len() > MESSAGE_BYTES_MAX {
+            return;
+        }
+        let Ok(message) = Message::parse_from_bytes(bytes) else { return };
+        if message.from != from || message.to != self.config.id {
+            return;
+        }
+        // A message from a peer the configuration does not know is refused by
+        // raft-rs; nothing to do with the error.
+        let _ = self.raw.step(message);
+        self.pin_election_timeout();
+        self.process(now, wal);
+    }
+
+    fn leader(&self) -> Option<u64> {
+        let leader = self.raw.raft.leader_id;
+        (leader != raft::INVALID_ID).then_some(leader)
+    }
+
+    fn not_leader(&self) -> Option<NodeError> {
+        (self.raw.raft.state != StateRole::Leader).then(|| NodeError::NotLeader { leader: self.leader() })
+    }
+
+    fn answer(&mut self, ticket: u64, answer: Answer) {
+        self.outputs.push_back(ReplicaOutput::Answer { ticket, answer });
+    }
+
+    fn answer_failed(&mut self, waiting: Waiting, error: NodeError) {
+        let answer = match waiting.conf_change {
+            true => Answer::ConfChanged(Err(error)),
+            false => Answer::Applied(Err(error)),
+        };
+        self.answer(waiting.ticket, answer);
+    }
+
+    /// Proposes `data`; answered with [`Answer::Applied`] once it is applied
+    /// here (with the state machine's result), or with why not.
+    pub fn propose(&mut self, now: Instant, ticket: u64, data: Bytes, wal: &mut Wal) {
+        self.submit(now, ticket, false, wal, |raw, context| raw.propose(context, data.to_vec()));
+    }
+
+    /// Proposes a membership change; answered with [`Answer::ConfChanged`].
+    pub fn change_membership(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        change: ConfChangeType,
+        node: u64,
+        wal: &mut Wal,
+    ) {
+        let mut conf_change = ConfChange::default();
+        conf_change.set_change_type(change);
+        conf_change.node_id = node;
+        self.submit(now, ticket, true, wal, |raw, context| raw.propose_conf_change(context, conf_change));
+    }
+
+    fn submit(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        conf_change: bool,
+        wal: &mut Wal,
+        propose: impl FnOnce(&mut RawNode<LogStore>, Vec<u8>) -> raft::Result<()>,
+    ) {
+        let waiting = Waiting { ticket, index: 0, deadline: now + self.config.request_timeout, conf_change };
+        if let Some(error) = self.not_leader() {
+            return self.answer_failed(waiting, error);
+        }
+        let request = self.next_request;
+        self.next_request += 1;
+        let proposed = propose(&mut self.raw, encode_context(self.config.id, request));
+        self.pin_election_timeout();
+        match proposed {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.proposals.insert(request, Waiting { index, ..waiting });
+            }
+            Err(raft::Error::ProposalDropped) => self.answer_failed(waiting, NodeError::Dropped),
+            Err(error) => self.answer_failed(waiting, NodeError::Refused(error.to_string())),
+        }
+        self.process(now, wal);
+    }
+
+    /// Starts a ReadIndex round; answered with [`Answer::ReadIndex`] once a
+    /// quorum confirmed this leadership and the state machine has applied
+    /// up to the read index.
+    pub fn read_index(&mut self, now: Instant, ticket: u64, wal: &mut Wal) {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.reads.insert(request, PendingRead { ticket, deadline: now + self.config.request_timeout, index: None });
+        self.raw.read_index(encode_context(self.config.id, request));
+        self.pin_election_timeout();
+        self.process(now, wal);
+    }
+
+    /// Starts an election now.
+    pub fn campaign(&mut self, now: Instant, wal: &mut Wal) {
+        let _ = self.raw.campaign();
+        self.pin_election_timeout();
+        self.process(now, wal);
+    }
+
+    /// Asks the leader to hand leadership to `node`.
+    pub fn transfer_leader(&mut self, now: Instant, node: u64, wal: &mut Wal) {
+        self.raw.transfer_leader(node);
+        self.pin_election_timeout();
+        self.process(now, wal);
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> crate::node::NodeStatus {
+        let raft = &self.raw.raft;
+        let conf_state = raft.prs().conf().to_conf_state();
+        let progress = match raft.state {
+            StateRole::Leader => raft
+                .prs()
+                .iter()
+                .map(|(&id, progress)| {
+                    (id, crate::node::PeerProgress { matched: progress.matched, next: progress.next_idx })
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        crate::node::NodeStatus {
+            id: self.config.id,
+            term: raft.term,
+            leader: self.leader(),
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            voters: conf_state.voters,
+            learners: conf_state.learners,
+            progress,
+        }
+    }
+
+    /// Runs a read-only command against the local state machine (no
+    /// consensus: it may be stale on a follower).
+    pub fn query(&self, command: &[u8]) -> Result<Bytes, String> {
+        self.state_machine.apply(command)
+    }
+
+    /// Called when the WAL reports durability: releases what waited for it.
+    pub fn handle_durable(&mut self, now: Instant, wal: &mut Wal) {
+        self.process(now, wal);
+    }
+
+    /// Hands raft-rs's work to the WAL and the network until it has none.
+    fn process(&mut self, now: Instant, wal: &mut Wal) {
+        loop {
+            let mut progressed = false;
+            while let Some(front) = self.unpersisted.front() {
+                if wal.durable_next() < front.wal_seq_end {
+                    break;
+                }
+                let persisted = self.unpersisted.pop_front().expect("checked above");
+                self.raw.on_persist_ready(persisted.ready);
+                self.pin_election_timeout();
+                persisted.messages.into_iter().for_each(|message| self.send(message));
+                progressed = true;
+            }
+            if self.raw.has_ready() {
+                self.handle_ready(now, wal);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.resolve_reads();
+        self.compact_wal(wal);
+    }
+
+    fn send(&mut self, message: Message) {
+        let to = message.to;
+        let bytes = message.write_to_bytes().expect("encoding a protobuf message into memory cannot fail");
+        self.outputs.push_back(ReplicaOutput::Send { to, message: Bytes::from(bytes) });
+    }
+
+    fn persist(&mut self, now: Instant, wal: &mut Wal, record: RaftRecord) -> Option<u64> {
+        match wal.append(now, record.encode()) {
+            Ok(seq) => Some(seq),
+            // The WAL failed: it reports the failure itself and accepts
+            // nothing more; persisted messages then stay held forever.
+            Err(_) => None,
+        }
+    }
+
+    fn handle_ready(&mut self, now: Instant, wal: &mut Wal) {
+        let mut ready = self.raw.ready();
+        if let Some(soft) = ready.ss() {
+            let leader_id = (soft.leader_id != raft::INVALID_ID).then_some(soft.leader_id);
+            let event = ReplicaEvent::Role {
+                term: self.raw.raft.term,
+                leader: soft.raft_state == StateRole::Leader,
+                leader_id,
+            };
+            self.outputs.push_back(ReplicaOutput::Event(event));
+        }
+        ready.take_messages().into_iter().for_each(|message| self.send(message));
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(now, wal, ready.snapshot().clone());
+        }
+        self.apply(now, wal, ready.take_committed_entries());
+        for read in ready.take_read_states() {
+            let request = decode_context(&read.request_ctx).map(|(_, request)| request);
+            if let Some(pending) = request.and_then(|request| self.reads.get_mut(&request)) {
+                pending.index = Some(read.index);
+            }
+        }
+        let entries = ready.take_entries();
+        for entry in &entries {
+            self.entry_seqs.split_off(&entry.index);
+            if let Some(seq) = self.persist(now, wal, RaftRecord::Entry(entry.clone())) {
+                self.entry_seqs.insert(entry.index, seq);
+            }
+        }
+        self.raw.mut_store().append(&entries);
+        if let Some(hard_state) = ready.hs() {
+            let hard_state = hard_state.clone();
+            self.persist(now, wal, RaftRecord::HardState(hard_state.clone()));
+            self.raw.mut_store().set_hard_state(hard_state);
+        }
+        let messages = ready.take_persisted_messages();
+        self.unpersisted.push_back(Unpersisted { ready: ready.number(), wal_seq_end: wal.next_seq(), messages });
+        self.raw.advance_append_async(ready);
+        self.pin_election_timeout();
+    }
+
+    fn install_snapshot(&mut self, now: Instant, wal: &mut Wal, snapshot: Snapshot) {
+        let index = snapshot.get_metadata().index;
+        if let Err(error) = self.state_machine.restore(&snapshot.data) {
+            // A leader's snapshot the state machine cannot read: keep the old
+            // state; the leader will retry, and the error is visible to tests.
+            self.outputs.push_back(ReplicaOutput::Event(ReplicaEvent::SnapshotRefused { index, error }));
+            return;
+        }
+        self.persist(now, wal, RaftRecord::Snapshot(snapshot.clone()));
+        self.entry_seqs = self.entry_seqs.split_off(&(index + 1));
+        self.raw.mut_store().install_snapshot(snapshot);
+    }
+
+    fn apply(&mut self, now: Instant, wal: &mut Wal, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|entry| entry.index) else { return };
+        for entry in entries {
+            let ours = decode_context(&entry.context).filter(|&(node, _)| node == self.config.id);
+            let waiting = ours.and_then(|(_, request)| self.proposals.remove(&request));
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let result = self.state_machine.apply(&entry.data);
+                    if let Some(waiting) = waiting {
+                        self.answer(waiting.ticket, Answer::Applied(Ok(result)));
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let result = self.apply_conf_change(&entry);
+                    if let Some(waiting) = waiting {
+                        self.answer(waiting.ticket, Answer::ConfChanged(result));
+                    }
+                }
+            }
+            self.fail_overwritten(entry.index);
+        }
+        self.raw.advance_apply_to(last);
+        self.outputs.push_back(ReplicaOutput::Event(ReplicaEvent::Applied { index: last }));
+        self.maybe_snapshot(now, wal, last);
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(Vec<u64>, Vec<u64>), NodeError> {
+        let applied = match entry.get_entry_type() {
+            EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|error| NodeError::Refused(error.to_string()))
+                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| NodeError::Refused(e.to_string()))),
+            _ => ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|error| NodeError::Refused(error.to_string()))
+                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| NodeError::Refused(e.to_string()))),
+        };
+        self.pin_election_timeout();
+        let conf_state = applied?;
+        let members = (conf_state.voters.clone(), conf_state.learners.clone());
+        self.raw.mut_store().set_conf_state(conf_state);
+        Ok(members)
+    }
+
+    /// Proposals expected at or below `index` that were not applied there
+    /// were overwritten by another leader's entries.
+    fn fail_overwritten(&mut self, index: u64) {
+        let lost: Vec<u64> = self.proposals.iter().filter(|(_, w)| w.index <= index).map(|(&id, _)| id).collect();
+        for id in lost {
+            let waiting = self.proposals.remove(&id).expect("listed above");
+            self.answer_failed(waiting, NodeError::Dropped);
+        }
+    }
+
+    fn resolve_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let ready: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| r.index.is_some_and(|i| i <= applied)).map(|(&id, _)| id).collect();
+        for id in ready {
+            let read = self.reads.remove(&id).expect("listed above");
+            let index = read.index.expect("filtered on a known index");
+            self.answer(read.ticket, Answer::ReadIndex(Ok(index)));
+        }
+    }
+
+    /// Takes a snapshot and compacts the log once enough has been applied.
+    fn maybe_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) {
+        let store = self.raw.store();
+        if applied < store.snapshot_index() + self.config.snapshot_lag_threshold {
+            return;
+        }
+        let mut snapshot = Snapshot::default();
+        snapshot.data = Bytes::from(self.state_machine.snapshot());
+        let metadata = snapshot.mut_metadata();
+        metadata.index = applied;
+        metadata.term = store.entry(applied).map_or(0, |entry| entry.term);
+        metadata.set_conf_state(store.conf_state().clone());
+        let hard_state = store.hard_state().clone();
+        let Some(snapshot_seq) = self.persist(now, wal, RaftRecord::Snapshot(snapshot.clone())) else { return };
+        // The latest hard state must outlive the segments removed below.
+        self.persist(now, wal, RaftRecord::HardState(hard_state));
+        self.raw.mut_store().compact(snapshot);
+        self.entry_seqs = self.entry_seqs.split_off(&(applied + 1));
+        let keep_from = self.entry_seqs.values().next().copied().unwrap_or(snapshot_seq).min(snapshot_seq);
+        let _ = self.state_machine.compact();
+        self.compaction = Some((snapshot_seq, keep_from));
+    }
+
+    /// Removes the WAL segments a durable snapshot made obsolete.
+    fn compact_wal(&mut self, wal: &mut Wal) {
+        let Some((snapshot_seq, keep_from)) = self.compaction else { return };
+        if wal.durable_next() > snapshot_seq {
+            self.compaction = None;
+            self.outputs.push_back(ReplicaOutput::RemoveWalBefore(keep_from));
+        }
+    }
+}
