@@ -7,7 +7,9 @@
 //!    [`Kernel::poll_timeout`]);
 //! 2. drain [`Kernel::poll_output`] until it returns `None`, executing every
 //!    [`Output::Disk`] in order and delivering every [`Output::Reply`] to the
-//!    caller that sent the command with the same [`CommandId`];
+//!    caller that sent the command with the same [`CommandId`] (several
+//!    inputs may be fed before draining: appends fed together leave in one
+//!    log batch);
 //! 3. wait for the next input, at most until [`Kernel::poll_timeout`].
 //!
 //! Disk operations must be executed one at a time in the order they were
@@ -203,10 +205,11 @@ impl Kernel {
     }
 
     /// The next output, or `None` when there is nothing more to do until the
-    /// next input.
+    /// next input. Disk operations are produced last and lazily, so inputs
+    /// fed before polling share one log batch.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.outputs.pop_front().or_else(|| self.wal.poll_op().map(Output::Disk))
     }
 
     /// When to feed [`Input::Timeout`], and why; `None` if no timer is set.
@@ -270,14 +273,10 @@ impl Kernel {
         }
     }
 
-    /// Moves the log's operations and events into outputs. `now` is `None`
-    /// only during construction, when no command can be queued.
+    /// Turns the log's events into outputs. `now` is `None` only during
+    /// construction, when no command can be queued.
     fn collect(&mut self, now: Option<Instant>) {
-        loop {
-            while let Some(op) = self.wal.poll_op() {
-                self.outputs.push_back(Output::Disk(op));
-            }
-            let Some(event) = self.wal.poll_event() else { break };
+        while let Some(event) = self.wal.poll_event() {
             self.on_wal_event(now, event);
         }
     }

@@ -332,6 +332,8 @@ pub struct Wal {
     removal_errors: BTreeMap<u64, IoError>,
     report: RecoveryReport,
     stats: WalStats,
+    /// The time of the latest input, for batches formed when polled.
+    now: Option<Instant>,
     ops: VecDeque<DiskOp>,
     events: VecDeque<WalEvent>,
 }
@@ -356,6 +358,7 @@ impl Wal {
             removal_errors: BTreeMap::new(),
             report: RecoveryReport::default(),
             stats: WalStats::default(),
+            now: None,
             ops: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -423,7 +426,7 @@ impl Wal {
         }
         self.pending.push_back(record);
         self.next_seq += 1;
-        self.start_batch(now);
+        self.now = Some(now);
         Ok(seq)
     }
 
@@ -485,8 +488,16 @@ impl Wal {
     }
 
     /// The next disk operation to execute, if any.
+    ///
+    /// A batch is formed here, when its write is asked for, rather than at
+    /// append time: every append made before the owner polls (all the
+    /// commands a binding took in one wake-up, say) leaves in one batch,
+    /// and nothing ever waits for more.
     #[must_use]
     pub fn poll_op(&mut self) -> Option<DiskOp> {
+        if let Some(now) = self.now {
+            self.start_batch(now);
+        }
         self.ops.pop_front()
     }
 
@@ -601,7 +612,7 @@ impl Wal {
             in_flight.segment_len;
         self.durable_next = in_flight.end_seq;
         self.events.push_back(WalEvent::Durable { upto: self.durable_next });
-        self.start_batch(now);
+        self.now = Some(now);
     }
 
     fn fail_io(&mut self, error: IoError) {
