@@ -76,6 +76,10 @@ impl FileDisk {
                 self.file(file)?.sync_data()?;
                 Ok(DiskDone::Done)
             }
+            DiskOp::SyncDirectory { .. } => {
+                self.directory.sync_all()?;
+                Ok(DiskDone::Done)
+            }
             DiskOp::Truncate { file, len, .. } => {
                 let handle = self.file(file)?;
                 handle.set_len(*len)?;

@@ -1,5 +1,5 @@
-//! The loop body every binding runs: feed one input to the kernel, then
-//! execute what it asks for. It decides nothing.
+//! The loop body every binding runs: feed inputs to the kernel, then execute
+//! what it asks for. It decides nothing.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -7,15 +7,26 @@ use std::time::Instant;
 use octopii_core::disk::DiskCompletion;
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
 
-use crate::disk::DiskThread;
+use crate::disk::{DiskThread, FileDisk};
 
 /// Where the reply to one command goes.
 pub type ReplySink = Box<dyn FnOnce(Reply) + Send>;
 
-/// Owns a kernel and its disk thread, and delivers replies.
+/// Who executes the kernel's disk operations.
+#[derive(Debug)]
+pub enum Executor {
+    /// The loop's own thread, at once: for a loop with nothing else to
+    /// serve (a standalone log), one thread hop fewer per request.
+    Inline(FileDisk),
+    /// A disk thread, so that the loop keeps serving other inputs (the
+    /// network) while a sync runs; completions come back as inputs.
+    Thread(DiskThread),
+}
+
+/// Owns a kernel and its disk executor, and delivers replies.
 pub struct Driver {
     kernel: Kernel,
-    disk: DiskThread,
+    executor: Executor,
     waiters: BTreeMap<CommandId, ReplySink>,
     next_command: u64,
 }
@@ -32,31 +43,33 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     /// Takes over a freshly built kernel and executes its first outputs.
-    pub fn new(kernel: Kernel, disk: DiskThread) -> Self {
-        let mut driver = Self { kernel, disk, waiters: BTreeMap::new(), next_command: 0 };
+    pub fn new(kernel: Kernel, executor: Executor) -> Self {
+        let mut driver = Self { kernel, executor, waiters: BTreeMap::new(), next_command: 0 };
         driver.drain();
         driver
     }
 
-    /// Passes a caller's command; `sink` receives the reply.
+    /// Passes a caller's command; `sink` receives the reply. Call
+    /// [`Driver::drain`] after the inputs of one wake-up: commands fed
+    /// together share one log batch.
     pub fn command(&mut self, now: Instant, command: Command, sink: ReplySink) {
         let id = CommandId(self.next_command);
         self.next_command += 1;
         self.waiters.insert(id, sink);
-        self.input(now, Input::Command { id, command });
+        self.kernel.handle_input(now, Input::Command { id, command });
     }
 
-    /// Passes disk completions, in the order the disk thread delivered them.
+    /// Passes completions from a disk thread, in the order delivered.
     pub fn disk_done(&mut self, now: Instant, completions: Vec<DiskCompletion>) {
         for completion in completions {
-            self.input(now, Input::Disk(completion));
+            self.kernel.handle_input(now, Input::Disk(completion));
         }
     }
 
     /// Passes a timeout if the kernel's timer has expired at `now`.
     pub fn timeout(&mut self, now: Instant) {
         if self.next_timeout().is_some_and(|deadline| deadline <= now) {
-            self.input(now, Input::Timeout);
+            self.kernel.handle_input(now, Input::Timeout);
         }
     }
 
@@ -65,27 +78,42 @@ impl Driver {
         self.kernel.poll_timeout().map(|(deadline, _reason)| deadline)
     }
 
-    /// Stops the disk thread after the operations already queued and waits
-    /// for it, releasing the data directory.
-    pub fn close(self) {
-        self.disk.close();
-    }
-
-    fn input(&mut self, now: Instant, input: Input) {
-        self.kernel.handle_input(now, input);
-        self.drain();
-    }
-
-    fn drain(&mut self) {
-        while let Some(output) = self.kernel.poll_output() {
-            match output {
-                Output::Disk(op) => self.disk.submit(op),
-                Output::Reply { id, reply } => {
-                    let sink = self.waiters.remove(&id).expect("the kernel answers each command once");
-                    sink(reply);
+    /// Executes everything the kernel asks for until it asks for nothing:
+    /// disk operations go to the executor (inline ones complete here, and
+    /// their completions are fed back at once), replies to their callers.
+    pub fn drain(&mut self) {
+        loop {
+            let mut completed = Vec::new();
+            while let Some(output) = self.kernel.poll_output() {
+                match output {
+                    Output::Disk(op) => match &mut self.executor {
+                        Executor::Inline(disk) => {
+                            completed.push(DiskCompletion { io: op.io(), result: disk.execute(&op) })
+                        }
+                        Executor::Thread(thread) => thread.submit(op),
+                    },
+                    Output::Reply { id, reply } => {
+                        let sink = self.waiters.remove(&id).expect("the kernel answers each command once");
+                        sink(reply);
+                    }
+                    Output::Event(event) => report(&event),
+                    Output::Send { to, .. } => {
+                        tracing::warn!(to, "no transport yet: raft message dropped")
+                    }
                 }
-                Output::Event(event) => report(&event),
             }
+            if completed.is_empty() {
+                return;
+            }
+            self.disk_done(Instant::now(), completed);
+        }
+    }
+
+    /// Stops the executor after the operations already queued and waits for
+    /// it, releasing the data directory.
+    pub fn close(self) {
+        if let Executor::Thread(thread) = self.executor {
+            thread.close();
         }
     }
 }
@@ -96,5 +124,8 @@ fn report(event: &Event) {
         Event::WalRecoveryFailed(error) => tracing::error!(%error, "wal recovery failed"),
         Event::WalFailed(error) => tracing::error!(%error, "wal failed; reopen to recover"),
         Event::WalSyncOverdue { elapsed } => tracing::warn!(?elapsed, "wal sync is slow"),
+        Event::Replica(event) => tracing::debug!(?event, "raft"),
+        Event::NodeFailed(error) => tracing::error!(%error, "node stopped"),
+        Event::CompactionFailed(error) => tracing::warn!(%error, "log compaction failed"),
     }
 }

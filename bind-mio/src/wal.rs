@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::{Events, Poll, Token, Waker};
-use octopii_core::disk::DiskCompletion;
 use octopii_core::wal::{RecoveryReport, WalConfig, WalConfigError, WalEntry, WalError, WalStats};
 use octopii_core::{Command, Kernel, KernelConfig, Reply};
 
-use crate::disk::{DiskThread, FileDisk};
-use crate::driver::Driver;
+use crate::disk::FileDisk;
+use crate::driver::{Driver, Executor, ReplySink};
 
 const WAKE: Token = Token(0);
 
@@ -39,7 +38,7 @@ pub enum Error {
 
 struct Request {
     command: Command,
-    reply: mpsc::SyncSender<Reply>,
+    reply: ReplySink,
 }
 
 /// A write-ahead log in a directory, usable from many threads at once.
@@ -79,16 +78,12 @@ impl WriteAheadLog {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let (requests, request_queue) = mpsc::channel();
-        let (completions, completion_queue) = mpsc::channel();
-        let disk_waker = Arc::clone(&waker);
-        let disk = DiskThread::spawn(disk, move |burst| {
-            let delivered = completions.send(burst).is_ok();
-            delivered && disk_waker.wake().is_ok()
-        })?;
-        let driver = Driver::new(kernel, disk);
+        // A standalone log has nothing else to serve while a sync runs, so
+        // its loop executes disk operations itself.
+        let driver = Driver::new(kernel, Executor::Inline(disk));
         let thread = thread::Builder::new()
             .name("octopii-wal".into())
-            .spawn(move || run(poll, driver, &request_queue, &completion_queue))?;
+            .spawn(move || run(poll, driver, &request_queue))?;
         let mut wal = Self {
             requests: Some(requests),
             waker,
@@ -186,11 +181,28 @@ impl WriteAheadLog {
         self.stop();
     }
 
-    fn call(&self, command: Command) -> Result<Reply, Error> {
-        let (reply, answer) = mpsc::sync_channel(1);
+    /// Hands `command` to the loop without waiting; `reply` receives the
+    /// answer on the loop's thread (it must not block). The blocking methods
+    /// and the tokio binding's log are built on this.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the loop has stopped.
+    pub fn submit(&self, command: Command, reply: ReplySink) -> Result<(), Error> {
         let requests = self.requests.as_ref().ok_or(Error::Closed)?;
         requests.send(Request { command, reply }).map_err(|_| Error::Closed)?;
         self.waker.wake()?;
+        Ok(())
+    }
+
+    fn call(&self, command: Command) -> Result<Reply, Error> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(
+            command,
+            Box::new(move |answer| {
+                let _ = reply.send(answer);
+            }),
+        )?;
         answer.recv().map_err(|_| Error::Closed)
     }
 
@@ -209,12 +221,7 @@ impl Drop for WriteAheadLog {
     }
 }
 
-fn run(
-    mut poll: Poll,
-    mut driver: Driver,
-    requests: &mpsc::Receiver<Request>,
-    completions: &mpsc::Receiver<Vec<DiskCompletion>>,
-) {
+fn run(mut poll: Poll, mut driver: Driver, requests: &mpsc::Receiver<Request>) {
     let mut events = Events::with_capacity(4);
     loop {
         let timeout =
@@ -226,28 +233,21 @@ fn run(
             break;
         }
         let now = Instant::now();
-        // Commands first: appends that arrived while a sync was running must
-        // reach the kernel before that sync's completion, so that they leave
-        // together as the next batch.
+        // Every command waiting now goes in before the kernel is drained, so
+        // that appends which arrived during the last sync leave as one batch.
         loop {
             match requests.try_recv() {
-                Ok(Request { command, reply }) => {
-                    let sink = Box::new(move |answer| {
-                        let _ = reply.send(answer);
-                    });
-                    driver.command(now, command, sink);
-                }
+                Ok(Request { command, reply }) => driver.command(now, command, reply),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
+                    driver.drain();
                     driver.close();
                     return;
                 }
             }
         }
-        while let Ok(burst) = completions.try_recv() {
-            driver.disk_done(now, burst);
-        }
         driver.timeout(now);
+        driver.drain();
     }
     driver.close();
 }

@@ -21,6 +21,17 @@ pub enum OctopiiError {
     Shutdown,
 }
 
+impl From<octopii_mio::Error> for OctopiiError {
+    fn from(error: octopii_mio::Error) -> Self {
+        match error {
+            octopii_mio::Error::Io(error) => OctopiiError::Io(error),
+            octopii_mio::Error::Config(error) => error.into(),
+            octopii_mio::Error::Wal(error) => OctopiiError::Wal(error),
+            _ => OctopiiError::Shutdown,
+        }
+    }
+}
+
 impl From<WalConfigError> for OctopiiError {
     fn from(error: WalConfigError) -> Self {
         OctopiiError::Config(error.to_string())

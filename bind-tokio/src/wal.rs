@@ -1,33 +1,28 @@
-//! The spec's `WriteAheadLog` on tokio: one task owns the kernel, a thread
-//! does the disk work, and any number of tasks append concurrently.
+//! The spec's `WriteAheadLog` on tokio: async methods over the log's own
+//! kernel thread; any number of tasks append concurrently.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use octopii_core::disk::DiskCompletion;
 use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalStats};
-use octopii_core::{Command, Kernel, KernelConfig, Reply};
-use octopii_mio::disk::{DiskThread, FileDisk};
-use octopii_mio::driver::Driver;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use octopii_core::{Command, Reply};
+use tokio::sync::oneshot;
 
 use crate::error::{OctopiiError, Result};
-
-type Request = (Command, oneshot::Sender<Reply>);
 
 /// A write-ahead log in a directory.
 ///
 /// Appends from many tasks share one group commit: whatever arrives while a
 /// sync is in flight leaves as the next batch, one write and one sync. Every
 /// method returns once its answer is durable. Share it with an `Arc`.
+///
+/// The log's kernel runs on a thread of its own that also does the disk
+/// work (a standalone log has nothing else to serve while a sync runs); the
+/// async methods wait for its answers without blocking the runtime.
 #[derive(Debug)]
 pub struct WriteAheadLog {
-    requests: mpsc::UnboundedSender<Request>,
-    task: JoinHandle<()>,
-    recovery: RecoveryReport,
+    inner: octopii_mio::WriteAheadLog,
 }
 
 impl WriteAheadLog {
@@ -52,25 +47,16 @@ impl WriteAheadLog {
     ///
     /// As [`WriteAheadLog::new`].
     pub async fn with_config(path: PathBuf, config: WalConfig) -> Result<Self> {
-        let kernel = Kernel::new(KernelConfig { wal: config })?;
-        let disk = tokio::task::spawn_blocking(move || FileDisk::open(&path))
+        // Opening waits for recovery's disk work: keep it off the runtime.
+        let opened = tokio::task::spawn_blocking(move || octopii_mio::WriteAheadLog::open_with(path, config))
             .await
-            .map_err(|_| OctopiiError::Shutdown)??;
-        let (completions, completion_queue) = mpsc::unbounded_channel();
-        let disk = DiskThread::spawn(disk, move |burst| completions.send(burst).is_ok())?;
-        let (requests, request_queue) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(Driver::new(kernel, disk), request_queue, completion_queue));
-        let mut wal = Self { requests, task, recovery: RecoveryReport::default() };
-        let Reply::Opened(report) = wal.call(Command::Open).await? else {
-            unreachable!("open answers Opened")
-        };
-        wal.recovery = report?;
-        Ok(wal)
+            .map_err(|_| OctopiiError::Shutdown)?;
+        Ok(Self { inner: opened? })
     }
 
     /// What recovery found when the log was opened.
     pub fn recovery(&self) -> &RecoveryReport {
-        &self.recovery
+        self.inner.recovery()
     }
 
     /// Appends `data` and returns its offset once it is durable. Offsets
@@ -150,77 +136,16 @@ impl WriteAheadLog {
     /// released, so the directory can be opened again at once. Dropping the
     /// log also stops it, without waiting.
     pub async fn close(self) {
-        let Self { requests, task, .. } = self;
-        drop(requests);
-        let _ = task.await;
+        let inner = self.inner;
+        let _ = tokio::task::spawn_blocking(move || inner.close()).await;
     }
 
     async fn call(&self, command: Command) -> Result<Reply> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send((command, reply)).map_err(|_| OctopiiError::Shutdown)?;
+        let sink = Box::new(move |answer| {
+            let _ = reply.send(answer);
+        });
+        self.inner.submit(command, sink).map_err(OctopiiError::from)?;
         answer.await.map_err(|_| OctopiiError::Shutdown)
-    }
-}
-
-/// What woke the loop.
-enum Wake {
-    Request(Option<Request>),
-    Disk(Option<Vec<DiskCompletion>>),
-    Timer,
-}
-
-async fn run(
-    mut driver: Driver,
-    mut requests: mpsc::UnboundedReceiver<Request>,
-    mut completions: mpsc::UnboundedReceiver<Vec<DiskCompletion>>,
-) {
-    loop {
-        let deadline = driver.next_timeout();
-        let wake = tokio::select! {
-            request = requests.recv() => Wake::Request(request),
-            burst = completions.recv() => Wake::Disk(burst),
-            () = sleep_until(deadline) => Wake::Timer,
-        };
-        let now = Instant::now().into_std();
-        let feed = |driver: &mut Driver, (command, reply): Request| {
-            let sink = Box::new(move |answer| {
-                let _ = reply.send(answer);
-            });
-            driver.command(now, command, sink);
-        };
-        // Commands first: appends that arrived while a sync was running must
-        // reach the kernel before that sync's completion, so that they leave
-        // together as the next batch.
-        let mut woken_by_disk = None;
-        match wake {
-            Wake::Request(None) => break,
-            Wake::Disk(None) => {
-                tracing::error!("the disk thread has stopped; closing the wal");
-                break;
-            }
-            Wake::Request(Some(request)) => feed(&mut driver, request),
-            Wake::Disk(Some(burst)) => woken_by_disk = Some(burst),
-            Wake::Timer => {}
-        }
-        while let Ok(request) = requests.try_recv() {
-            feed(&mut driver, request);
-        }
-        if let Some(burst) = woken_by_disk {
-            driver.disk_done(now, burst);
-        }
-        while let Ok(burst) = completions.try_recv() {
-            driver.disk_done(now, burst);
-        }
-        driver.timeout(now);
-    }
-    // Joining the disk thread waits for an fsync in progress: keep it off
-    // the async threads.
-    let _ = tokio::task::spawn_blocking(move || driver.close()).await;
-}
-
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
-        None => std::future::pending().await,
     }
 }

@@ -98,6 +98,12 @@ pub enum DiskOp {
         /// File to sync.
         file: FileName,
     },
+    /// Make the directory's entries durable (`fsync` on the directory), so
+    /// that files created by an earlier process survive a power loss.
+    SyncDirectory {
+        /// Correlates the completion.
+        io: IoId,
+    },
     /// Cut `file` to `len` bytes and make that durable.
     Truncate {
         /// Correlates the completion.
@@ -122,6 +128,7 @@ impl DiskOp {
     pub fn io(&self) -> IoId {
         match self {
             DiskOp::List { io }
+            | DiskOp::SyncDirectory { io }
             | DiskOp::Read { io, .. }
             | DiskOp::Create { io, .. }
             | DiskOp::Write { io, .. }
@@ -139,6 +146,7 @@ impl DiskOp {
             DiskOp::Create { .. } => DiskOpKind::Create,
             DiskOp::Write { .. } => DiskOpKind::Write,
             DiskOp::Sync { .. } => DiskOpKind::Sync,
+            DiskOp::SyncDirectory { .. } => DiskOpKind::SyncDirectory,
             DiskOp::Truncate { .. } => DiskOpKind::Truncate,
             DiskOp::Remove { .. } => DiskOpKind::Remove,
         }
@@ -147,7 +155,7 @@ impl DiskOp {
     /// The file it acts on, if any.
     pub fn file(&self) -> Option<&FileName> {
         match self {
-            DiskOp::List { .. } => None,
+            DiskOp::List { .. } | DiskOp::SyncDirectory { .. } => None,
             DiskOp::Read { file, .. }
             | DiskOp::Create { file, .. }
             | DiskOp::Write { file, .. }
@@ -171,6 +179,8 @@ pub enum DiskOpKind {
     Write,
     /// [`DiskOp::Sync`].
     Sync,
+    /// [`DiskOp::SyncDirectory`].
+    SyncDirectory,
     /// [`DiskOp::Truncate`].
     Truncate,
     /// [`DiskOp::Remove`].
@@ -185,6 +195,7 @@ impl fmt::Display for DiskOpKind {
             DiskOpKind::Create => "create",
             DiskOpKind::Write => "write",
             DiskOpKind::Sync => "sync",
+            DiskOpKind::SyncDirectory => "directory sync",
             DiskOpKind::Truncate => "truncate",
             DiskOpKind::Remove => "remove",
         };

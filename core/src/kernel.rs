@@ -7,7 +7,9 @@
 //!    [`Kernel::poll_timeout`]);
 //! 2. drain [`Kernel::poll_output`] until it returns `None`, executing every
 //!    [`Output::Disk`] in order and delivering every [`Output::Reply`] to the
-//!    caller that sent the command with the same [`CommandId`];
+//!    caller that sent the command with the same [`CommandId`] (several
+//!    inputs may be fed before draining: appends fed together leave in one
+//!    log batch);
 //! 3. wait for the next input, at most until [`Kernel::poll_timeout`].
 //!
 //! Disk operations must be executed one at a time in the order they were
@@ -331,10 +333,11 @@ impl Kernel {
     }
 
     /// The next output, or `None` when there is nothing more to do until the
-    /// next input.
+    /// next input. Disk operations are produced last and lazily, so inputs
+    /// fed before polling share one log batch.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.outputs.pop_front().or_else(|| self.wal.poll_op().map(Output::Disk))
     }
 
     /// When to feed [`Input::Timeout`], and why; `None` if no timer is set.
@@ -447,13 +450,11 @@ impl Kernel {
         }
     }
 
-    /// Moves the log's and the node's work into outputs. `now` is `None`
-    /// only during construction, when nothing can be queued yet.
+    /// Turns the log's events and the node's work into outputs (disk
+    /// operations are polled lazily, see [`Kernel::poll_output`]). `now` is
+    /// `None` only during construction, when nothing can be queued yet.
     fn collect(&mut self, now: Option<Instant>) {
         loop {
-            while let Some(op) = self.wal.poll_op() {
-                self.outputs.push_back(Output::Disk(op));
-            }
             if let Some(event) = self.wal.poll_event() {
                 self.on_wal_event(now, event);
                 continue;

@@ -65,8 +65,14 @@ impl NodeStatus {
 /// What the node hands back to the kernel.
 #[derive(Debug)]
 pub(crate) enum NodeOutput {
-    Send { to: u64, message: Bytes },
-    Reply { ticket: u64, reply: Reply },
+    Send {
+        to: u64,
+        message: Bytes,
+    },
+    Reply {
+        ticket: u64,
+        reply: Reply,
+    },
     Event(Event),
     RemoveWalBefore(u64),
     /// The node has rebuilt its state (or failed to): queued commands may run.
@@ -127,14 +133,14 @@ impl Node {
 
     /// Rebuilds the replica from the log read back after recovery.
     pub(crate) fn rebuild(&mut self, now: Instant, read: Result<Vec<WalEntry>, WalError>, wal: &mut Wal) {
-        let records: Result<Vec<(u64, RaftRecord)>, NodeError> = read
-            .map_err(|error| NodeError::Storage(error.to_string()))
-            .and_then(|entries| {
+        let records: Result<Vec<(u64, RaftRecord)>, NodeError> =
+            read.map_err(|error| NodeError::Storage(error.to_string())).and_then(|entries| {
                 entries
                     .into_iter()
                     .map(|entry| {
-                        let record = RaftRecord::decode(&entry.payload)
-                            .map_err(|error| NodeError::Storage(format!("wal entry {}: {error}", entry.seq)))?;
+                        let record = RaftRecord::decode(&entry.payload).map_err(|error| {
+                            NodeError::Storage(format!("wal entry {}: {error}", entry.seq))
+                        })?;
                         Ok((entry.seq, record))
                     })
                     .collect()

@@ -63,9 +63,15 @@ impl LogStore {
     /// after the first new index: a new leader overwrote them. Entries at or
     /// below the snapshot are ignored: the snapshot already covers them.
     pub fn append(&mut self, entries: &[Entry]) {
-        let entries: Vec<&Entry> = entries.iter().filter(|entry| entry.index > self.snapshot_index()).collect();
+        let entries: Vec<&Entry> =
+            entries.iter().filter(|entry| entry.index > self.snapshot_index()).collect();
         let Some(first) = entries.first() else { return };
-        assert!(first.index <= self.last() + 1, "raft appends without gaps: {} after {}", first.index, self.last());
+        assert!(
+            first.index <= self.last() + 1,
+            "raft appends without gaps: {} after {}",
+            first.index,
+            self.last()
+        );
         let keep = (first.index - self.first()) as usize;
         self.entries.truncate(keep);
         self.entries.extend(entries.into_iter().cloned());

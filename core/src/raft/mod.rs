@@ -110,7 +110,10 @@ impl NodeConfig {
             return Err(NodeConfigError::ZeroId);
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
-            return Err(NodeConfigError::Ticks { heartbeat: self.heartbeat_ticks, election: self.election_ticks });
+            return Err(NodeConfigError::Ticks {
+                heartbeat: self.heartbeat_ticks,
+                election: self.election_ticks,
+            });
         }
         if self.tick_interval.is_zero() || self.request_timeout.is_zero() {
             return Err(NodeConfigError::ZeroDuration);
@@ -341,16 +344,15 @@ impl Replica {
             }
         }
         if empty && !config.voters.is_empty() {
-            let mut conf_state = raft::eraftpb::ConfState::default();
-            conf_state.voters = config.voters.clone();
+            let conf_state = raft::eraftpb::ConfState { voters: config.voters.clone(), ..Default::default() };
             wal.append(now, RaftRecord::Bootstrap(conf_state.clone()).encode())
                 .map_err(|error| NodeError::Storage(error.to_string()))?;
             store.set_conf_state(conf_state);
         }
         if store.snapshot_index() > 0 {
-            state_machine
-                .restore(&store.snapshot_ref().data)
-                .map_err(|error| NodeError::Storage(format!("state machine refused the snapshot: {error}")))?;
+            state_machine.restore(&store.snapshot_ref().data).map_err(|error| {
+                NodeError::Storage(format!("state machine refused the snapshot: {error}"))
+            })?;
         }
         let applied = store.snapshot_index();
         let raft_config = raft::Config {
@@ -366,7 +368,8 @@ impl Replica {
         };
         raft_config.validate().map_err(|error| NodeError::Refused(error.to_string()))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let raw = RawNode::new(&raft_config, store, &logger).map_err(|error| NodeError::Refused(error.to_string()))?;
+        let raw = RawNode::new(&raft_config, store, &logger)
+            .map_err(|error| NodeError::Refused(error.to_string()))?;
         let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut replica = Self {
             next_tick: now + config.tick_interval,
@@ -426,12 +429,14 @@ impl Replica {
         if now >= self.next_tick {
             self.next_tick = now + self.config.tick_interval;
         }
-        let expired: Vec<u64> = self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(&id, _)| id).collect();
+        let expired: Vec<u64> =
+            self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             let waiting = self.proposals.remove(&id).expect("listed above");
             self.answer_failed(waiting, NodeError::TimedOut);
         }
-        let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
+        let expired: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             let read = self.reads.remove(&id).expect("listed above");
             self.answer(read.ticket, Answer::ReadIndex(Err(NodeError::TimedOut)));
@@ -531,7 +536,10 @@ impl Replica {
     pub fn read_index(&mut self, now: Instant, ticket: u64, wal: &mut Wal) {
         let request = self.next_request;
         self.next_request += 1;
-        self.reads.insert(request, PendingRead { ticket, deadline: now + self.config.request_timeout, index: None });
+        self.reads.insert(
+            request,
+            PendingRead { ticket, deadline: now + self.config.request_timeout, index: None },
+        );
         self.raw.read_index(encode_context(self.config.id, request));
         self.pin_election_timeout();
         self.process(now, wal);
@@ -621,12 +629,9 @@ impl Replica {
     }
 
     fn persist(&mut self, now: Instant, wal: &mut Wal, record: RaftRecord) -> Option<u64> {
-        match wal.append(now, record.encode()) {
-            Ok(seq) => Some(seq),
-            // The WAL failed: it reports the failure itself and accepts
-            // nothing more; persisted messages then stay held forever.
-            Err(_) => None,
-        }
+        // On failure the WAL reports it itself and accepts nothing more; the
+        // messages waiting for this record then stay held forever.
+        wal.append(now, record.encode()).ok()
     }
 
     fn handle_ready(&mut self, now: Instant, wal: &mut Wal) {
@@ -665,7 +670,11 @@ impl Replica {
             self.raw.mut_store().set_hard_state(hard_state);
         }
         let messages = ready.take_persisted_messages();
-        self.unpersisted.push_back(Unpersisted { ready: ready.number(), wal_seq_end: wal.next_seq(), messages });
+        self.unpersisted.push_back(Unpersisted {
+            ready: ready.number(),
+            wal_seq_end: wal.next_seq(),
+            messages,
+        });
         self.raw.advance_append_async(ready);
         self.pin_election_timeout();
     }
@@ -714,10 +723,14 @@ impl Replica {
         let applied = match entry.get_entry_type() {
             EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&entry.data)
                 .map_err(|error| NodeError::Refused(error.to_string()))
-                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| NodeError::Refused(e.to_string()))),
+                .and_then(|change| {
+                    self.raw.apply_conf_change(&change).map_err(|e| NodeError::Refused(e.to_string()))
+                }),
             _ => ConfChange::parse_from_bytes(&entry.data)
                 .map_err(|error| NodeError::Refused(error.to_string()))
-                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| NodeError::Refused(e.to_string()))),
+                .and_then(|change| {
+                    self.raw.apply_conf_change(&change).map_err(|e| NodeError::Refused(e.to_string()))
+                }),
         };
         self.pin_election_timeout();
         let conf_state = applied?;
@@ -729,7 +742,8 @@ impl Replica {
     /// Proposals expected at or below `index` that were not applied there
     /// were overwritten by another leader's entries.
     fn fail_overwritten(&mut self, index: u64) {
-        let lost: Vec<u64> = self.proposals.iter().filter(|(_, w)| w.index <= index).map(|(&id, _)| id).collect();
+        let lost: Vec<u64> =
+            self.proposals.iter().filter(|(_, w)| w.index <= index).map(|(&id, _)| id).collect();
         for id in lost {
             let waiting = self.proposals.remove(&id).expect("listed above");
             self.answer_failed(waiting, NodeError::Dropped);
@@ -738,8 +752,12 @@ impl Replica {
 
     fn resolve_reads(&mut self) {
         let applied = self.raw.raft.raft_log.applied;
-        let ready: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| r.index.is_some_and(|i| i <= applied)).map(|(&id, _)| id).collect();
+        let ready: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
+            .map(|(&id, _)| id)
+            .collect();
         for id in ready {
             let read = self.reads.remove(&id).expect("listed above");
             let index = read.index.expect("filtered on a known index");
@@ -760,7 +778,9 @@ impl Replica {
         metadata.term = store.entry(applied).map_or(0, |entry| entry.term);
         metadata.set_conf_state(store.conf_state().clone());
         let hard_state = store.hard_state().clone();
-        let Some(snapshot_seq) = self.persist(now, wal, RaftRecord::Snapshot(snapshot.clone())) else { return };
+        let Some(snapshot_seq) = self.persist(now, wal, RaftRecord::Snapshot(snapshot.clone())) else {
+            return;
+        };
         // The latest hard state must outlive the segments removed below.
         self.persist(now, wal, RaftRecord::HardState(hard_state));
         self.raw.mut_store().compact(snapshot);

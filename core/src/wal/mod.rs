@@ -267,8 +267,12 @@ enum Phase {
         files: Vec<(FileName, u64, u64)>,
         index: usize,
     },
-    /// Waiting for a torn tail to be cut.
-    Repairing,
+    /// Waiting for this many operations that make the recovered state
+    /// durable: cutting a torn tail, syncing every kept segment and the
+    /// directory.
+    Repairing {
+        remaining: usize,
+    },
     Open,
     Failed(WalError),
 }
@@ -331,6 +335,8 @@ pub struct Wal {
     removal_errors: BTreeMap<u64, IoError>,
     report: RecoveryReport,
     stats: WalStats,
+    /// The time of the latest input, for batches formed when polled.
+    now: Option<Instant>,
     ops: VecDeque<DiskOp>,
     events: VecDeque<WalEvent>,
 }
@@ -355,6 +361,7 @@ impl Wal {
             removal_errors: BTreeMap::new(),
             report: RecoveryReport::default(),
             stats: WalStats::default(),
+            now: None,
             ops: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -364,7 +371,7 @@ impl Wal {
 
     /// Whether recovery is still running.
     pub fn is_recovering(&self) -> bool {
-        matches!(self.phase, Phase::Listing | Phase::Reading { .. } | Phase::Repairing)
+        matches!(self.phase, Phase::Listing | Phase::Reading { .. } | Phase::Repairing { .. })
     }
 
     /// Every sequence number below this is durable.
@@ -422,7 +429,7 @@ impl Wal {
         }
         self.pending.push_back(record);
         self.next_seq += 1;
-        self.start_batch(now);
+        self.now = Some(now);
         Ok(seq)
     }
 
@@ -484,8 +491,16 @@ impl Wal {
     }
 
     /// The next disk operation to execute, if any.
+    ///
+    /// A batch is formed here, when its write is asked for, rather than at
+    /// append time: every append made before the owner polls (all the
+    /// commands a binding took in one wake-up, say) leaves in one batch,
+    /// and nothing ever waits for more.
     #[must_use]
     pub fn poll_op(&mut self) -> Option<DiskOp> {
+        if let Some(now) = self.now {
+            self.start_batch(now);
+        }
         self.ops.pop_front()
     }
 
@@ -600,7 +615,7 @@ impl Wal {
             in_flight.segment_len;
         self.durable_next = in_flight.end_seq;
         self.events.push_back(WalEvent::Durable { upto: self.durable_next });
-        self.start_batch(now);
+        self.now = Some(now);
     }
 
     fn fail_io(&mut self, error: IoError) {
@@ -617,14 +632,22 @@ impl Wal {
 /// Recovery, reads and removals.
 impl Wal {
     fn on_recovery_step(&mut self, result: Result<DiskDone, IoError>) {
+        if matches!(self.phase, Phase::Failed(_)) {
+            // Later repairs of a recovery that already failed.
+            return;
+        }
         let outcome = match (std::mem::replace(&mut self.phase, Phase::Listing), result) {
             (_, Err(error)) => Err(RecoveryError::Io(error)),
             (Phase::Listing, Ok(DiskDone::Listed(listing))) => self.on_listing(listing),
             (Phase::Reading { files, index }, Ok(DiskDone::Read(bytes))) => {
                 self.on_segment_read(files, index, &bytes)
             }
-            (Phase::Repairing, Ok(DiskDone::Done)) => {
+            (Phase::Repairing { remaining: 1 }, Ok(DiskDone::Done)) => {
                 self.open();
+                Ok(())
+            }
+            (Phase::Repairing { remaining }, Ok(DiskDone::Done)) => {
+                self.phase = Phase::Repairing { remaining: remaining - 1 };
                 Ok(())
             }
             (phase, Ok(done)) => panic!("recovery got {done:?} while {phase:?}"),
@@ -696,22 +719,31 @@ impl Wal {
             self.read_recovery_segment(files, index + 1);
             return Ok(());
         }
-        if scan.torn_bytes == 0 && scan.committed_len > 0 {
-            self.open();
-            return Ok(());
+        let mut repairs = 0;
+        if scan.torn_bytes > 0 || scan.committed_len == 0 {
+            // The unfinished batch (or segment, when even its header never
+            // finished, or it is empty) was never acknowledged: cut it off so
+            // new batches start at a clean boundary.
+            self.report.torn_tail =
+                Some(TornTail { segment: name.clone(), offset: scan.committed_len, bytes: scan.torn_bytes });
+            let len = scan.committed_len;
+            if len == 0 {
+                self.submit(Purpose::Recovery, |io| DiskOp::Remove { io, file: name });
+            } else {
+                self.submit(Purpose::Recovery, |io| DiskOp::Truncate { io, file: name, len });
+            }
+            repairs += 1;
         }
-        // The unfinished batch (or segment, when even its header never
-        // finished, or it is empty) was never acknowledged: cut it off so new
-        // batches start at a clean boundary.
-        self.report.torn_tail =
-            Some(TornTail { segment: name.clone(), offset: scan.committed_len, bytes: scan.torn_bytes });
-        let len = scan.committed_len;
-        if len == 0 {
-            self.submit(Purpose::Recovery, |io| DiskOp::Remove { io, file: name });
-        } else {
-            self.submit(Purpose::Recovery, |io| DiskOp::Truncate { io, file: name, len });
+        // What was read may have lived only in the page cache of a process
+        // that crashed before its sync: make it durable before anything is
+        // built on it or reported as read.
+        let kept: Vec<FileName> = self.segments.iter().map(|segment| segment.name.clone()).collect();
+        for file in kept {
+            self.submit(Purpose::Recovery, |io| DiskOp::Sync { io, file });
+            repairs += 1;
         }
-        self.phase = Phase::Repairing;
+        self.submit(Purpose::Recovery, |io| DiskOp::SyncDirectory { io });
+        self.phase = Phase::Repairing { remaining: repairs + 1 };
         Ok(())
     }
 

@@ -1,0 +1,160 @@
+//! `octopii-sim`: runs, sweeps and replays simulated seeds.
+//!
+//! `octopii-sim wal --seed N` runs one seed and prints its summary;
+//! `--seeds A..B` or `--count K` sweeps; a violation prints the failing
+//! seed, what broke and the command that replays it, and the exit status is
+//! non-zero.
+
+use std::ops::Range;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use octopii_sim::wal::{FaultLevel, WalRunConfig, run_corruption, run_wal, run_wal_echoing};
+
+/// Octopii's deterministic simulator.
+#[derive(Debug, Parser)]
+#[command(name = "octopii-sim", version, about)]
+struct Cli {
+    /// What to simulate.
+    #[command(subcommand)]
+    target: Target,
+}
+
+/// The simulated subsystems.
+#[derive(Debug, Subcommand)]
+enum Target {
+    /// The write-ahead log on a faulty disk, with crashes and restarts.
+    Wal(WalArgs),
+}
+
+/// Which scenario of the log to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Random clients, crashes and disk faults, checked by the oracle.
+    Random,
+    /// Acknowledged batches, one bit flipped in an older one, restart.
+    Corruption,
+}
+
+/// Options of `octopii-sim wal`.
+#[derive(Debug, Args)]
+struct WalArgs {
+    /// Run this one seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Sweep the seeds of a range, `A..B` (B excluded).
+    #[arg(long, value_parser = parse_range)]
+    seeds: Option<Range<u64>>,
+    /// Sweep this many seeds, starting at `--seed` (default 0).
+    #[arg(long, conflicts_with = "seeds")]
+    count: Option<u64>,
+    /// Client commands per run.
+    #[arg(long, default_value_t = 400)]
+    ops: u64,
+    /// Fault profile.
+    #[arg(long, value_enum, default_value_t = FaultLevel::Full)]
+    faults: FaultLevel,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// The log's segment size target in bytes.
+    #[arg(long = "segment-bytes", default_value_t = 4096)]
+    segment_bytes: u64,
+    /// Scenario to run.
+    #[arg(long, value_enum, default_value_t = Scenario::Random)]
+    scenario: Scenario,
+    /// Print only failures and the totals of a sweep.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print every trace line (inputs, outputs, disk operations, crashes)
+    /// to standard error as the run goes.
+    #[arg(long)]
+    trace: bool,
+}
+
+fn parse_range(text: &str) -> Result<Range<u64>, String> {
+    let (start, end) = text.split_once("..").ok_or_else(|| format!("expected A..B, got {text:?}"))?;
+    let start: u64 = start.trim().parse().map_err(|error| format!("bad range start {start:?}: {error}"))?;
+    let end: u64 = end.trim().parse().map_err(|error| format!("bad range end {end:?}: {error}"))?;
+    if start >= end {
+        return Err(format!("empty range {start}..{end}"));
+    }
+    Ok(start..end)
+}
+
+impl WalArgs {
+    fn seeds(&self) -> Range<u64> {
+        if let Some(range) = &self.seeds {
+            return range.clone();
+        }
+        let start = self.seed.unwrap_or(0);
+        start..start.saturating_add(self.count.unwrap_or(1).max(1))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.target {
+        Target::Wal(args) => wal(&args),
+    }
+}
+
+fn wal(args: &WalArgs) -> ExitCode {
+    let seeds = args.seeds();
+    let sweep = seeds.end - seeds.start > 1;
+    let mut failures = Vec::new();
+    for seed in seeds.clone() {
+        let failed = match args.scenario {
+            Scenario::Random => {
+                let config = WalRunConfig {
+                    seed,
+                    commands: args.ops,
+                    clients: args.clients,
+                    faults: args.faults,
+                    segment_bytes_target: args.segment_bytes,
+                };
+                let result = if args.trace { run_wal_echoing(&config) } else { run_wal(&config) };
+                let run = match result {
+                    Ok(run) => run,
+                    Err(error) => {
+                        eprintln!("invalid options: {error}");
+                        return ExitCode::from(2);
+                    }
+                };
+                if !args.quiet || !sweep {
+                    println!("{}\n  trace hash {:08x}", run.summary, run.trace_hash);
+                }
+                if let Some(violation) = &run.violation {
+                    eprintln!("{violation}");
+                }
+                run.violation.is_some()
+            }
+            Scenario::Corruption => {
+                let run = run_corruption(seed);
+                if run.violation.is_some() {
+                    eprintln!("{run}");
+                } else if !args.quiet || !sweep {
+                    println!("{run}");
+                }
+                run.violation.is_some()
+            }
+        };
+        if failed {
+            failures.push(seed);
+        }
+    }
+    if sweep {
+        let total = seeds.end - seeds.start;
+        println!(
+            "{} of {total} seeds ({}..{}) passed",
+            total - failures.len() as u64,
+            seeds.start,
+            seeds.end
+        );
+    }
+    if failures.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("failing seeds: {failures:?}");
+    ExitCode::FAILURE
+}
