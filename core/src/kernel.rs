@@ -92,6 +92,9 @@ pub enum Command {
         /// To which node.
         node: u64,
     },
+    /// Send this peer a snapshot now (leader only); answered with
+    /// [`Reply::Done`] once it is on its way.
+    ForceSnapshot(u64),
     /// Answered at once with [`Reply::Status`].
     Status,
 }
@@ -371,6 +374,7 @@ impl Kernel {
                 | Command::Campaign
                 | Command::TransferLeader(_)
                 | Command::ChangeMembership { .. }
+                | Command::ForceSnapshot(_)
                 | Command::Status
         );
         if node_command {

@@ -201,6 +201,7 @@ impl Node {
                 replica.change_membership(now, ticket, change, node, wal);
                 None
             }
+            Command::ForceSnapshot(peer) => Some(Reply::Done(replica.force_snapshot(now, peer, wal))),
             Command::Status => Some(Reply::Status(Ok(replica.status()))),
             other => unreachable!("the kernel passes only node commands, not {other:?}"),
         };
@@ -235,6 +236,10 @@ impl Node {
         let Some(replica) = &mut self.replica else { return };
         while let Some(output) = replica.poll_output() {
             let output = match output {
+                ReplicaOutput::Fatal(error) => {
+                    self.fail(error);
+                    return;
+                }
                 ReplicaOutput::Send { to, message } => NodeOutput::Send { to, message },
                 ReplicaOutput::RemoveWalBefore(seq) => NodeOutput::RemoveWalBefore(seq),
                 ReplicaOutput::Event(event) => NodeOutput::Event(Event::Replica(event)),

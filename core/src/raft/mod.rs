@@ -28,6 +28,9 @@ use state_machine::StateMachine;
 
 /// Largest Raft message accepted from a peer, in bytes.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest command a proposal may carry: it must fit, with its entry's
+/// framing, in one WAL entry.
+pub const PROPOSAL_BYTES_MAX: usize = crate::wal::ENTRY_BYTES_MAX - 1024;
 /// Most ticks replayed at once after a long pause; later ticks are skipped.
 const TICKS_CATCH_UP_MAX: u32 = 1000;
 
@@ -152,6 +155,14 @@ pub enum NodeError {
     /// The log failed; the node must be restarted.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The command is larger than a proposal may be.
+    #[error("command of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The node is not running.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -175,6 +186,8 @@ pub enum ReplicaOutput {
     RemoveWalBefore(u64),
     /// Report this.
     Event(ReplicaEvent),
+    /// The replica cannot go on: stop the node with this error.
+    Fatal(NodeError),
     /// Answer a request the replica accepted with this ticket.
     Answer {
         /// The ticket the request came with.
@@ -202,12 +215,12 @@ pub enum ReplicaEvent {
         /// The highest applied index.
         index: u64,
     },
-    /// A snapshot from the leader could not be restored by the state
-    /// machine; it was not installed.
-    SnapshotRefused {
-        /// The snapshot's index.
+    /// A local snapshot could not be stored (for instance, larger than a log
+    /// entry may be); the log is kept and compaction retried later.
+    SnapshotFailed {
+        /// The applied index it was taken at.
         index: u64,
-        /// The state machine's error.
+        /// Why it could not be stored.
         error: String,
     },
 }
@@ -268,6 +281,8 @@ pub struct Replica {
     /// A snapshot written to the WAL: once its record (sequence number
     /// `.0`) is durable, segments below `.1` hold nothing still needed.
     compaction: Option<(u64, u64)>,
+    /// No local snapshot before this applied index (after a failed one).
+    snapshot_retry_at: u64,
     outputs: VecDeque<ReplicaOutput>,
 }
 
@@ -383,6 +398,7 @@ impl Replica {
             unpersisted: VecDeque::new(),
             entry_seqs,
             compaction: None,
+            snapshot_retry_at: 0,
             outputs: VecDeque::new(),
         };
         replica.pin_election_timeout();
@@ -485,6 +501,10 @@ impl Replica {
     /// Proposes `data`; answered with [`Answer::Applied`] once it is applied
     /// here (with the state machine's result), or with why not.
     pub fn propose(&mut self, now: Instant, ticket: u64, data: Bytes, wal: &mut Wal) {
+        if data.len() > PROPOSAL_BYTES_MAX {
+            let error = NodeError::TooLarge { len: data.len(), max: PROPOSAL_BYTES_MAX };
+            return self.answer(ticket, Answer::Applied(Err(error)));
+        }
         self.submit(now, ticket, false, wal, |raw, context| raw.propose(context, data.to_vec()));
     }
 
@@ -628,10 +648,17 @@ impl Replica {
         self.outputs.push_back(ReplicaOutput::Send { to, message: Bytes::from(bytes) });
     }
 
+    /// Appends a record to the WAL. A record the WAL refuses would leave
+    /// raft-rs believing in state that is not stored: the node stops.
     fn persist(&mut self, now: Instant, wal: &mut Wal, record: RaftRecord) -> Option<u64> {
-        // On failure the WAL reports it itself and accepts nothing more; the
-        // messages waiting for this record then stay held forever.
-        wal.append(now, record.encode()).ok()
+        match wal.append(now, record.encode()) {
+            Ok(seq) => Some(seq),
+            Err(error) => {
+                let error = NodeError::Storage(format!("cannot store raft state: {error}"));
+                self.outputs.push_back(ReplicaOutput::Fatal(error));
+                None
+            }
+        }
     }
 
     fn handle_ready(&mut self, now: Instant, wal: &mut Wal) {
@@ -679,15 +706,21 @@ impl Replica {
         self.pin_election_timeout();
     }
 
+    /// Installs a leader's snapshot. raft-rs has already adopted it, so a
+    /// snapshot this node cannot restore or store stops the node rather than
+    /// leave raft-rs and the state machine disagreeing.
     fn install_snapshot(&mut self, now: Instant, wal: &mut Wal, snapshot: Snapshot) {
         let index = snapshot.get_metadata().index;
         if let Err(error) = self.state_machine.restore(&snapshot.data) {
-            // A leader's snapshot the state machine cannot read: keep the old
-            // state; the leader will retry, and the error is visible to tests.
-            self.outputs.push_back(ReplicaOutput::Event(ReplicaEvent::SnapshotRefused { index, error }));
+            let error = NodeError::Storage(format!("state machine refused the snapshot at {index}: {error}"));
+            self.outputs.push_back(ReplicaOutput::Fatal(error));
             return;
         }
-        self.persist(now, wal, RaftRecord::Snapshot(snapshot.clone()));
+        if let Err(error) = wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode()) {
+            let error = NodeError::Storage(format!("cannot store the snapshot at {index}: {error}"));
+            self.outputs.push_back(ReplicaOutput::Fatal(error));
+            return;
+        }
         self.entry_seqs = self.entry_seqs.split_off(&(index + 1));
         self.raw.mut_store().install_snapshot(snapshot);
     }
@@ -767,9 +800,18 @@ impl Replica {
 
     /// Takes a snapshot and compacts the log once enough has been applied.
     fn maybe_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) {
+        let due = self.raw.store().snapshot_index() + self.config.snapshot_lag_threshold;
+        if applied >= due.max(self.snapshot_retry_at) {
+            self.take_snapshot(now, wal, applied);
+        }
+    }
+
+    /// Snapshots the state machine at `applied` and compacts the log
+    /// behind it. Returns whether the snapshot was stored.
+    fn take_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) -> bool {
         let store = self.raw.store();
-        if applied < store.snapshot_index() + self.config.snapshot_lag_threshold {
-            return;
+        if applied <= store.snapshot_index() {
+            return true;
         }
         let mut snapshot = Snapshot::default();
         snapshot.data = Bytes::from(self.state_machine.snapshot());
@@ -778,8 +820,16 @@ impl Replica {
         metadata.term = store.entry(applied).map_or(0, |entry| entry.term);
         metadata.set_conf_state(store.conf_state().clone());
         let hard_state = store.hard_state().clone();
-        let Some(snapshot_seq) = self.persist(now, wal, RaftRecord::Snapshot(snapshot.clone())) else {
-            return;
+        let snapshot_seq = match wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode()) {
+            Ok(seq) => seq,
+            Err(error) => {
+                // Typically a state larger than one log entry may be: keep
+                // the log, and try again after as many entries once more.
+                self.snapshot_retry_at = applied + self.config.snapshot_lag_threshold;
+                let event = ReplicaEvent::SnapshotFailed { index: applied, error: error.to_string() };
+                self.outputs.push_back(ReplicaOutput::Event(event));
+                return false;
+            }
         };
         // The latest hard state must outlive the segments removed below.
         self.persist(now, wal, RaftRecord::HardState(hard_state));
@@ -788,6 +838,37 @@ impl Replica {
         let keep_from = self.entry_seqs.values().next().copied().unwrap_or(snapshot_seq).min(snapshot_seq);
         let _ = self.state_machine.compact();
         self.compaction = Some((snapshot_seq, keep_from));
+        true
+    }
+
+    /// Sends `peer` a snapshot of the current state now, whether or not it
+    /// lags: the leader snapshots (compacting its log) and marks the peer as
+    /// having asked for one, so raft-rs sends it. A peer already past the
+    /// snapshot's index ignores it, as Raft requires.
+    ///
+    /// # Errors
+    ///
+    /// Not the leader, an unknown peer, nothing applied yet, or a snapshot
+    /// that cannot be stored.
+    pub fn force_snapshot(&mut self, now: Instant, peer: u64, wal: &mut Wal) -> Result<(), NodeError> {
+        if let Some(error) = self.not_leader() {
+            return Err(error);
+        }
+        if peer == self.config.id || self.raw.raft.prs().get(peer).is_none() {
+            return Err(NodeError::UnknownPeer(peer));
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        if applied == 0 || !self.take_snapshot(now, wal, applied) {
+            return Err(NodeError::Refused(String::from("no snapshot can be taken yet")));
+        }
+        // The path raft-rs takes when a follower asks for a snapshot.
+        let snapshot_index = self.raw.store().snapshot_index();
+        let progress = self.raw.raft.mut_prs().get_mut(peer).expect("checked above");
+        progress.pending_request_snapshot = snapshot_index;
+        self.raw.raft.send_append(peer);
+        self.pin_election_timeout();
+        self.process(now, wal);
+        Ok(())
     }
 
     /// Removes the WAL segments a durable snapshot made obsolete.
