@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -48,6 +49,9 @@ struct Request {
 pub struct WriteAheadLog {
     requests: Option<mpsc::Sender<Request>>,
     waker: Arc<Waker>,
+    /// Set when the loop has been woken and has not yet taken the commands
+    /// waiting: later callers need not wake it again (a system call each).
+    woken: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     recovery: RecoveryReport,
 }
@@ -81,12 +85,15 @@ impl WriteAheadLog {
         // A standalone log has nothing else to serve while a sync runs, so
         // its loop executes disk operations itself.
         let driver = Driver::new(kernel, Executor::Inline(disk));
+        let woken = Arc::new(AtomicBool::new(false));
+        let loop_woken = Arc::clone(&woken);
         let thread = thread::Builder::new()
             .name("octopii-wal".into())
-            .spawn(move || run(poll, driver, &request_queue))?;
+            .spawn(move || run(poll, driver, &request_queue, &loop_woken))?;
         let mut wal = Self {
             requests: Some(requests),
             waker,
+            woken,
             thread: Some(thread),
             recovery: RecoveryReport::default(),
         };
@@ -191,7 +198,9 @@ impl WriteAheadLog {
     pub fn submit(&self, command: Command, reply: ReplySink) -> Result<(), Error> {
         let requests = self.requests.as_ref().ok_or(Error::Closed)?;
         requests.send(Request { command, reply }).map_err(|_| Error::Closed)?;
-        self.waker.wake()?;
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.waker.wake()?;
+        }
         Ok(())
     }
 
@@ -221,7 +230,7 @@ impl Drop for WriteAheadLog {
     }
 }
 
-fn run(mut poll: Poll, mut driver: Driver, requests: &mpsc::Receiver<Request>) {
+fn run(mut poll: Poll, mut driver: Driver, requests: &mpsc::Receiver<Request>, woken: &AtomicBool) {
     let mut events = Events::with_capacity(4);
     loop {
         let timeout =
@@ -233,6 +242,9 @@ fn run(mut poll: Poll, mut driver: Driver, requests: &mpsc::Receiver<Request>) {
             break;
         }
         let now = Instant::now();
+        // Cleared before the queue is read: a command sent after this point
+        // either is read below or wakes the loop again.
+        woken.store(false, Ordering::Release);
         // Every command waiting now goes in before the kernel is drained, so
         // that appends which arrived during the last sync leave as one batch.
         loop {
