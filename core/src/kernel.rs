@@ -79,6 +79,10 @@ pub enum Command {
     /// A linearizable read fence: answered with [`Reply::ReadIndex`] once a
     /// quorum confirmed the leader and this node has applied the read index.
     ReadIndex,
+    /// A linearizable read: the fence of [`Command::ReadIndex`], then the
+    /// command run against the local state machine; answered with
+    /// [`Reply::Queried`].
+    LinearizableQuery(Bytes),
     /// Start an election now; answered with [`Reply::Done`].
     Campaign,
     /// Hand leadership to this node; answered with [`Reply::Done`] once
@@ -371,6 +375,7 @@ impl Kernel {
             Command::Propose(_)
                 | Command::Query(_)
                 | Command::ReadIndex
+                | Command::LinearizableQuery(_)
                 | Command::Campaign
                 | Command::TransferLeader(_)
                 | Command::ChangeMembership { .. }

@@ -83,7 +83,7 @@ pub(crate) enum NodeOutput {
 pub(crate) fn failure_reply(command: &Command, error: NodeError) -> Reply {
     match command {
         Command::Propose(_) => Reply::Proposed(Err(error)),
-        Command::Query(_) => Reply::Queried(Err(error)),
+        Command::Query(_) | Command::LinearizableQuery(_) => Reply::Queried(Err(error)),
         Command::ReadIndex => Reply::ReadIndex(Err(error)),
         Command::ChangeMembership { .. } => Reply::MembershipChanged(Err(error)),
         Command::Status => Reply::Status(Err(error)),
@@ -181,7 +181,11 @@ impl Node {
             }
             Command::Query(query) => Some(Reply::Queried(Ok(replica.query(&query)))),
             Command::ReadIndex => {
-                replica.read_index(now, ticket, wal);
+                replica.read_index(now, ticket, None, wal);
+                None
+            }
+            Command::LinearizableQuery(query) => {
+                replica.read_index(now, ticket, Some(query), wal);
                 None
             }
             Command::Campaign => {
@@ -248,6 +252,7 @@ impl Node {
                         Answer::Applied(result) => Reply::Proposed(result),
                         Answer::ReadIndex(result) => Reply::ReadIndex(result),
                         Answer::ConfChanged(result) => Reply::MembershipChanged(result),
+                        Answer::Queried(result) => Reply::Queried(result),
                     };
                     NodeOutput::Reply { ticket, reply }
                 }

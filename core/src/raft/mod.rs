@@ -236,6 +236,8 @@ pub enum Answer {
     ReadIndex(Result<u64, NodeError>),
     /// A configuration change was applied; the new voters and learners.
     ConfChanged(Result<(Vec<u64>, Vec<u64>), NodeError>),
+    /// A linearizable query's result.
+    Queried(Result<Result<Bytes, String>, NodeError>),
 }
 
 /// A request waiting for its entry to be applied.
@@ -254,6 +256,18 @@ struct PendingRead {
     ticket: u64,
     deadline: Instant,
     index: Option<u64>,
+    /// For a linearizable query: the command to run once the read index is
+    /// applied.
+    query: Option<Bytes>,
+}
+
+impl PendingRead {
+    fn answer(&self, result: Result<u64, NodeError>, state_machine: &StateMachine) -> Answer {
+        match &self.query {
+            None => Answer::ReadIndex(result),
+            Some(query) => Answer::Queried(result.map(|_| state_machine.apply(query))),
+        }
+    }
 }
 
 /// Raft state whose persistence is in flight: released once the WAL has made
@@ -455,7 +469,8 @@ impl Replica {
             self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             let read = self.reads.remove(&id).expect("listed above");
-            self.answer(read.ticket, Answer::ReadIndex(Err(NodeError::TimedOut)));
+            let answer = read.answer(Err(NodeError::TimedOut), &self.state_machine);
+            self.answer(read.ticket, answer);
         }
         self.process(now, wal);
     }
@@ -553,13 +568,14 @@ impl Replica {
     /// Starts a ReadIndex round; answered with [`Answer::ReadIndex`] once a
     /// quorum confirmed this leadership and the state machine has applied
     /// up to the read index.
-    pub fn read_index(&mut self, now: Instant, ticket: u64, wal: &mut Wal) {
+    ///
+    /// With `query`, the answer is instead [`Answer::Queried`]: the query
+    /// run against the state machine at that point, a linearizable read.
+    pub fn read_index(&mut self, now: Instant, ticket: u64, query: Option<Bytes>, wal: &mut Wal) {
         let request = self.next_request;
         self.next_request += 1;
-        self.reads.insert(
-            request,
-            PendingRead { ticket, deadline: now + self.config.request_timeout, index: None },
-        );
+        let deadline = now + self.config.request_timeout;
+        self.reads.insert(request, PendingRead { ticket, deadline, index: None, query });
         self.raw.read_index(encode_context(self.config.id, request));
         self.pin_election_timeout();
         self.process(now, wal);
@@ -794,7 +810,8 @@ impl Replica {
         for id in ready {
             let read = self.reads.remove(&id).expect("listed above");
             let index = read.index.expect("filtered on a known index");
-            self.answer(read.ticket, Answer::ReadIndex(Ok(index)));
+            let answer = read.answer(Ok(index), &self.state_machine);
+            self.answer(read.ticket, answer);
         }
     }
 
