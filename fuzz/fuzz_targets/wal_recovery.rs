@@ -280,6 +280,7 @@ impl Harness {
                     Output::Disk(op) => ops.push_back(op),
                     Output::Reply { id, reply } => self.replies.push((id, reply)),
                     Output::Event(_) => {}
+                    Output::Send { .. } => panic!("a standalone log sent a raft message"),
                 }
             }
             let Some(op) = ops.pop_front() else { return };
