@@ -7,16 +7,20 @@
 //! into the `RawNode` the replica overrides a freshly drawn timeout with one
 //! from its own seeded generator, so a run is a function of its seed.
 
+mod config;
 pub mod log_store;
 pub mod records;
+mod snapshot;
 pub mod state_machine;
 
+pub use config::{NodeConfig, NodeConfigError};
+
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,100 +37,6 @@ pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const PROPOSAL_BYTES_MAX: usize = crate::wal::ENTRY_BYTES_MAX - 1024;
 /// Most ticks replayed at once after a long pause; later ticks are skipped.
 const TICKS_CATCH_UP_MAX: u32 = 1000;
-
-/// How a node takes part in consensus. `Default` gives a single node with
-/// id 1, ticks of 100 ms, elections after 10 to 20 ticks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeConfig {
-    /// This node's id, non-zero and unique in the cluster.
-    pub id: u64,
-    /// Voters of a brand-new cluster, this node included. Used only when
-    /// the log is empty; empty means "join an existing cluster" (wait to be
-    /// added by its leader).
-    pub voters: Vec<u64>,
-    /// Seeds election timeouts and request ids.
-    pub seed: u64,
-    /// Length of one Raft tick.
-    pub tick_interval: Duration,
-    /// Ticks without a leader before an election (randomized in `[n, 2n)`).
-    pub election_ticks: usize,
-    /// Ticks between heartbeats; less than `election_ticks`.
-    pub heartbeat_ticks: usize,
-    /// Take a snapshot and compact the log once this many entries have been
-    /// applied since the last one (the spec's default: 1000).
-    pub snapshot_lag_threshold: u64,
-    /// How long a proposal or read may wait for its answer.
-    pub request_timeout: Duration,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            id: 1,
-            voters: vec![1],
-            seed: 0,
-            tick_interval: Duration::from_millis(100),
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            snapshot_lag_threshold: 1000,
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Why a [`NodeConfig`] is invalid.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NodeConfigError {
-    /// Node id 0 is reserved by Raft.
-    #[error("node id must be non-zero")]
-    ZeroId,
-    /// Heartbeats must come more often than elections.
-    #[error("heartbeat ticks ({heartbeat}) must be at least 1 and below election ticks ({election})")]
-    Ticks {
-        /// Configured heartbeat ticks.
-        heartbeat: usize,
-        /// Configured election ticks.
-        election: usize,
-    },
-    /// A zero tick interval or request timeout.
-    #[error("tick interval and request timeout must be non-zero")]
-    ZeroDuration,
-    /// Initial voters that do not include this node.
-    #[error("initial voters {voters:?} do not include this node ({id})")]
-    NotAVoter {
-        /// This node.
-        id: u64,
-        /// The configured voters.
-        voters: Vec<u64>,
-    },
-}
-
-impl NodeConfig {
-    /// Checks every field.
-    ///
-    /// # Errors
-    ///
-    /// The first invalid field.
-    pub fn validate(&self) -> Result<(), NodeConfigError> {
-        if self.id == 0 {
-            return Err(NodeConfigError::ZeroId);
-        }
-        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
-            return Err(NodeConfigError::Ticks {
-                heartbeat: self.heartbeat_ticks,
-                election: self.election_ticks,
-            });
-        }
-        if self.tick_interval.is_zero() || self.request_timeout.is_zero() {
-            return Err(NodeConfigError::ZeroDuration);
-        }
-        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
-            return Err(NodeConfigError::NotAVoter { id: self.id, voters: self.voters.clone() });
-        }
-        Ok(())
-    }
-}
 
 /// Why a proposal, read or membership change failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -722,25 +632,6 @@ impl Replica {
         self.pin_election_timeout();
     }
 
-    /// Installs a leader's snapshot. raft-rs has already adopted it, so a
-    /// snapshot this node cannot restore or store stops the node rather than
-    /// leave raft-rs and the state machine disagreeing.
-    fn install_snapshot(&mut self, now: Instant, wal: &mut Wal, snapshot: Snapshot) {
-        let index = snapshot.get_metadata().index;
-        if let Err(error) = self.state_machine.restore(&snapshot.data) {
-            let error = NodeError::Storage(format!("state machine refused the snapshot at {index}: {error}"));
-            self.outputs.push_back(ReplicaOutput::Fatal(error));
-            return;
-        }
-        if let Err(error) = wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode()) {
-            let error = NodeError::Storage(format!("cannot store the snapshot at {index}: {error}"));
-            self.outputs.push_back(ReplicaOutput::Fatal(error));
-            return;
-        }
-        self.entry_seqs = self.entry_seqs.split_off(&(index + 1));
-        self.raw.mut_store().install_snapshot(snapshot);
-    }
-
     fn apply(&mut self, now: Instant, wal: &mut Wal, entries: Vec<Entry>) {
         let Some(last) = entries.last().map(|entry| entry.index) else { return };
         for entry in entries {
@@ -812,88 +703,6 @@ impl Replica {
             let index = read.index.expect("filtered on a known index");
             let answer = read.answer(Ok(index), &self.state_machine);
             self.answer(read.ticket, answer);
-        }
-    }
-
-    /// Takes a snapshot and compacts the log once enough has been applied.
-    fn maybe_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) {
-        let due = self.raw.store().snapshot_index() + self.config.snapshot_lag_threshold;
-        if applied >= due.max(self.snapshot_retry_at) {
-            self.take_snapshot(now, wal, applied);
-        }
-    }
-
-    /// Snapshots the state machine at `applied` and compacts the log
-    /// behind it. Returns whether the snapshot was stored.
-    fn take_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) -> bool {
-        let store = self.raw.store();
-        if applied <= store.snapshot_index() {
-            return true;
-        }
-        let mut snapshot = Snapshot::default();
-        snapshot.data = Bytes::from(self.state_machine.snapshot());
-        let metadata = snapshot.mut_metadata();
-        metadata.index = applied;
-        metadata.term = store.entry(applied).map_or(0, |entry| entry.term);
-        metadata.set_conf_state(store.conf_state().clone());
-        let hard_state = store.hard_state().clone();
-        let snapshot_seq = match wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode()) {
-            Ok(seq) => seq,
-            Err(error) => {
-                // Typically a state larger than one log entry may be: keep
-                // the log, and try again after as many entries once more.
-                self.snapshot_retry_at = applied + self.config.snapshot_lag_threshold;
-                let event = ReplicaEvent::SnapshotFailed { index: applied, error: error.to_string() };
-                self.outputs.push_back(ReplicaOutput::Event(event));
-                return false;
-            }
-        };
-        // The latest hard state must outlive the segments removed below.
-        self.persist(now, wal, RaftRecord::HardState(hard_state));
-        self.raw.mut_store().compact(snapshot);
-        self.entry_seqs = self.entry_seqs.split_off(&(applied + 1));
-        let keep_from = self.entry_seqs.values().next().copied().unwrap_or(snapshot_seq).min(snapshot_seq);
-        let _ = self.state_machine.compact();
-        self.compaction = Some((snapshot_seq, keep_from));
-        true
-    }
-
-    /// Sends `peer` a snapshot of the current state now, whether or not it
-    /// lags: the leader snapshots (compacting its log) and marks the peer as
-    /// having asked for one, so raft-rs sends it. A peer already past the
-    /// snapshot's index ignores it, as Raft requires.
-    ///
-    /// # Errors
-    ///
-    /// Not the leader, an unknown peer, nothing applied yet, or a snapshot
-    /// that cannot be stored.
-    pub fn force_snapshot(&mut self, now: Instant, peer: u64, wal: &mut Wal) -> Result<(), NodeError> {
-        if let Some(error) = self.not_leader() {
-            return Err(error);
-        }
-        if peer == self.config.id || self.raw.raft.prs().get(peer).is_none() {
-            return Err(NodeError::UnknownPeer(peer));
-        }
-        let applied = self.raw.raft.raft_log.applied;
-        if applied == 0 || !self.take_snapshot(now, wal, applied) {
-            return Err(NodeError::Refused(String::from("no snapshot can be taken yet")));
-        }
-        // The path raft-rs takes when a follower asks for a snapshot.
-        let snapshot_index = self.raw.store().snapshot_index();
-        let progress = self.raw.raft.mut_prs().get_mut(peer).expect("checked above");
-        progress.pending_request_snapshot = snapshot_index;
-        self.raw.raft.send_append(peer);
-        self.pin_election_timeout();
-        self.process(now, wal);
-        Ok(())
-    }
-
-    /// Removes the WAL segments a durable snapshot made obsolete.
-    fn compact_wal(&mut self, wal: &mut Wal) {
-        let Some((snapshot_seq, keep_from)) = self.compaction else { return };
-        if wal.durable_next() > snapshot_seq {
-            self.compaction = None;
-            self.outputs.push_back(ReplicaOutput::RemoveWalBefore(keep_from));
         }
     }
 }
