@@ -35,6 +35,8 @@ pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest command a proposal may carry: it must fit, with its entry's
 /// framing, in one WAL entry.
 pub const PROPOSAL_BYTES_MAX: usize = crate::wal::ENTRY_BYTES_MAX - 1024;
+/// Index and term of the snapshot a new cluster starts from.
+const BOOTSTRAP_INDEX: u64 = 1;
 /// Most ticks replayed at once after a long pause; later ticks are skipped.
 const TICKS_CATCH_UP_MAX: u32 = 1000;
 
@@ -279,16 +281,25 @@ impl Replica {
                     entry_seqs = entry_seqs.split_off(&(snapshot.get_metadata().index + 1));
                     store.install_snapshot(snapshot);
                 }
-                RaftRecord::Bootstrap(conf_state) => store.set_conf_state(conf_state),
             }
         }
-        if empty && !config.voters.is_empty() {
-            let conf_state = raft::eraftpb::ConfState { voters: config.voters.clone(), ..Default::default() };
-            wal.append(now, RaftRecord::Bootstrap(conf_state.clone()).encode())
+        let bootstrap = empty && !config.voters.is_empty();
+        if bootstrap {
+            // A new cluster starts from a snapshot at index 1 holding its
+            // voters and the empty state: a node added later lacks that
+            // index, so its leader must send it a snapshot, and with it the
+            // whole configuration (which no log entry carries).
+            let mut snapshot = raft::eraftpb::Snapshot::default();
+            snapshot.data = Bytes::from(state_machine.snapshot());
+            let metadata = snapshot.mut_metadata();
+            metadata.index = BOOTSTRAP_INDEX;
+            metadata.term = BOOTSTRAP_INDEX;
+            metadata.mut_conf_state().voters = config.voters.clone();
+            wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode())
                 .map_err(|error| NodeError::Storage(error.to_string()))?;
-            store.set_conf_state(conf_state);
+            store.install_snapshot(snapshot);
         }
-        if store.snapshot_index() > 0 {
+        if store.snapshot_index() > 0 && !bootstrap {
             state_machine.restore(&store.snapshot_ref().data).map_err(|error| {
                 NodeError::Storage(format!("state machine refused the snapshot: {error}"))
             })?;

@@ -4,12 +4,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{Entry, HardState, Snapshot};
 
 const TAG_ENTRY: u8 = 1;
 const TAG_HARD_STATE: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;
-const TAG_BOOTSTRAP: u8 = 4;
 
 /// One piece of durable Raft state.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,8 +21,6 @@ pub enum RaftRecord {
     /// A snapshot (metadata and the state machine's data); entries it
     /// covers are obsolete.
     Snapshot(Snapshot),
-    /// The voters a brand-new cluster started with.
-    Bootstrap(ConfState),
 }
 
 /// A WAL entry that is not a valid Raft record.
@@ -48,7 +45,6 @@ impl RaftRecord {
             RaftRecord::Entry(entry) => (TAG_ENTRY, entry.write_to_bytes()),
             RaftRecord::HardState(hard_state) => (TAG_HARD_STATE, hard_state.write_to_bytes()),
             RaftRecord::Snapshot(snapshot) => (TAG_SNAPSHOT, snapshot.write_to_bytes()),
-            RaftRecord::Bootstrap(conf_state) => (TAG_BOOTSTRAP, conf_state.write_to_bytes()),
         };
         let body = body.expect("encoding a protobuf message into memory cannot fail");
         let mut out = BytesMut::with_capacity(1 + body.len());
@@ -69,7 +65,6 @@ impl RaftRecord {
             TAG_ENTRY => RaftRecord::Entry(Entry::parse_from_bytes(body).map_err(decode_error)?),
             TAG_HARD_STATE => RaftRecord::HardState(HardState::parse_from_bytes(body).map_err(decode_error)?),
             TAG_SNAPSHOT => RaftRecord::Snapshot(Snapshot::parse_from_bytes(body).map_err(decode_error)?),
-            TAG_BOOTSTRAP => RaftRecord::Bootstrap(ConfState::parse_from_bytes(body).map_err(decode_error)?),
             other => return Err(RecordError::UnknownTag(other)),
         })
     }
