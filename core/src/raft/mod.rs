@@ -649,7 +649,10 @@ impl Replica {
             let ours = decode_context(&entry.context).filter(|&(node, _)| node == self.config.id);
             let waiting = ours.and_then(|(_, request)| self.proposals.remove(&request));
             match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => {}
+                // raft-rs's own entries (a new leader's empty entry, a refused
+                // configuration change) carry no context; every proposal does,
+                // even an empty one, and is applied on every replica alike.
+                EntryType::EntryNormal if entry.context.is_empty() => {}
                 EntryType::EntryNormal => {
                     let result = self.state_machine.apply(&entry.data);
                     if let Some(waiting) = waiting {
