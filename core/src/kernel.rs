@@ -85,8 +85,9 @@ pub enum Command {
     LinearizableQuery(Bytes),
     /// Start an election now; answered with [`Reply::Done`].
     Campaign,
-    /// Hand leadership to this node; answered with [`Reply::Done`] once
-    /// asked (watch [`Reply::Status`] for the outcome).
+    /// Hand leadership to this voter (leader only); answered with
+    /// [`Reply::Done`] once asked (watch [`Reply::Status`] for the outcome),
+    /// or with why not.
     TransferLeader(u64),
     /// Change the membership; answered with [`Reply::MembershipChanged`]
     /// once the change is applied.

@@ -192,10 +192,7 @@ impl Node {
                 replica.campaign(now, wal);
                 Some(Reply::Done(Ok(())))
             }
-            Command::TransferLeader(node) => {
-                replica.transfer_leader(now, node, wal);
-                Some(Reply::Done(Ok(())))
-            }
+            Command::TransferLeader(node) => Some(Reply::Done(replica.transfer_leader(now, node, wal))),
             Command::ChangeMembership { change, node } => {
                 let change = match change {
                     Membership::AddLearner => ConfChangeType::AddLearnerNode,

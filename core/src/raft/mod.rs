@@ -453,6 +453,10 @@ impl Replica {
         node: u64,
         wal: &mut Wal,
     ) {
+        let is_member = self.raw.raft.prs().get(node).is_some();
+        if node == 0 || (change == ConfChangeType::RemoveNode && !is_member) {
+            return self.answer(ticket, Answer::ConfChanged(Err(NodeError::UnknownPeer(node))));
+        }
         let mut conf_change = ConfChange::default();
         conf_change.set_change_type(change);
         conf_change.node_id = node;
@@ -510,10 +514,22 @@ impl Replica {
     }
 
     /// Asks the leader to hand leadership to `node`.
-    pub fn transfer_leader(&mut self, now: Instant, node: u64, wal: &mut Wal) {
+    ///
+    /// # Errors
+    ///
+    /// Not the leader, or `node` is not a voter of the cluster.
+    pub fn transfer_leader(&mut self, now: Instant, node: u64, wal: &mut Wal) -> Result<(), NodeError> {
+        if let Some(error) = self.not_leader() {
+            return Err(error);
+        }
+        let voters = self.raw.raft.prs().conf().to_conf_state().voters;
+        if !voters.contains(&node) {
+            return Err(NodeError::UnknownPeer(node));
+        }
         self.raw.transfer_leader(node);
         self.pin_election_timeout();
         self.process(now, wal);
+        Ok(())
     }
 
     /// This node's view of the cluster.
