@@ -189,6 +189,8 @@ struct Unpersisted {
     ready: u64,
     wal_seq_end: u64,
     messages: Vec<Message>,
+    /// The index of a snapshot this Ready installed: applied once durable.
+    snapshot: Option<u64>,
 }
 
 /// One node's Raft replica.
@@ -580,6 +582,14 @@ impl Replica {
                 let persisted = self.unpersisted.pop_front().expect("checked above");
                 self.raw.on_persist_ready(persisted.ready);
                 self.pin_election_timeout();
+                // The state machine holds the snapshot's state already; raft-rs
+                // learns it is applied only now that it is durable.
+                if let Some(index) =
+                    persisted.snapshot.filter(|&index| index > self.raw.raft.raft_log.applied)
+                {
+                    self.raw.advance_apply_to(index);
+                    self.outputs.push_back(ReplicaOutput::Event(ReplicaEvent::Applied { index }));
+                }
                 persisted.messages.into_iter().for_each(|message| self.send(message));
                 progressed = true;
             }
@@ -626,8 +636,10 @@ impl Replica {
             self.outputs.push_back(ReplicaOutput::Event(event));
         }
         ready.take_messages().into_iter().for_each(|message| self.send(message));
-        if !ready.snapshot().is_empty() {
-            self.install_snapshot(now, wal, ready.snapshot().clone());
+        let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
+        let snapshot_index = snapshot.as_ref().map(|snapshot| snapshot.get_metadata().index);
+        if let Some(snapshot) = snapshot {
+            self.install_snapshot(now, wal, snapshot);
         }
         self.apply(now, wal, ready.take_committed_entries());
         for read in ready.take_read_states() {
@@ -654,6 +666,7 @@ impl Replica {
             ready: ready.number(),
             wal_seq_end: wal.next_seq(),
             messages,
+            snapshot: snapshot_index,
         });
         self.raw.advance_append_async(ready);
         self.pin_election_timeout();
