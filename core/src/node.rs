@@ -122,13 +122,19 @@ impl Node {
         self.replica.as_ref().filter(|_| self.failed.is_none()).map(Replica::poll_timeout)
     }
 
-    /// Stops the node: every later request fails with `error`.
+    /// Stops the node: requests waiting in the replica and every later
+    /// request fail with `error`.
     pub(crate) fn fail(&mut self, error: NodeError) {
-        if self.failed.is_none() {
-            self.failed = Some(error.clone());
-            self.outputs.push_back(NodeOutput::Event(Event::NodeFailed(error)));
-            self.outputs.push_back(NodeOutput::Ready);
+        if self.failed.is_some() {
+            return;
         }
+        self.failed = Some(error.clone());
+        if let Some(replica) = &mut self.replica {
+            replica.abandon(&error);
+        }
+        self.drain();
+        self.outputs.push_back(NodeOutput::Event(Event::NodeFailed(error)));
+        self.outputs.push_back(NodeOutput::Ready);
     }
 
     /// Rebuilds the replica from the log read back after recovery.
@@ -238,8 +244,14 @@ impl Node {
         while let Some(output) = replica.poll_output() {
             let output = match output {
                 ReplicaOutput::Fatal(error) => {
-                    self.fail(error);
-                    return;
+                    // Stopping answers what is still waiting (through this
+                    // same drain); once stopped, later fatal reports add
+                    // nothing.
+                    if self.failed.is_none() {
+                        self.fail(error);
+                        return;
+                    }
+                    continue;
                 }
                 ReplicaOutput::Send { to, message } => NodeOutput::Send { to, message },
                 ReplicaOutput::RemoveWalBefore(seq) => NodeOutput::RemoveWalBefore(seq),

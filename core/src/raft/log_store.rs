@@ -2,6 +2,8 @@
 //! `Storage` trait. It holds entries before they are durable too (raft-rs's
 //! asynchronous persistence requires it); durability is the WAL's business.
 
+use std::cell::Cell;
+
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
@@ -14,6 +16,8 @@ pub struct LogStore {
     snapshot: Snapshot,
     /// Entries with indexes `snapshot_index + 1 ..`, contiguous.
     entries: Vec<Entry>,
+    /// Set when raft-rs asked for a snapshot the store could not give.
+    snapshot_wanted: Cell<bool>,
 }
 
 impl LogStore {
@@ -75,6 +79,12 @@ impl LogStore {
         let keep = (first.index - self.first()) as usize;
         self.entries.truncate(keep);
         self.entries.extend(entries.into_iter().cloned());
+    }
+
+    /// Whether raft-rs asked for a snapshot the store could not give since
+    /// the last call; clears the note.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
     }
 
     /// Records a new hard state.
@@ -164,8 +174,15 @@ impl Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_index() < request_index || self.snapshot_index() == 0 {
+    /// The latest snapshot, if it can serve peer `to`: recent enough, and
+    /// with a configuration that includes `to` (raft-rs on the receiving
+    /// side refuses one that does not). Otherwise "temporarily unavailable",
+    /// with a note for the replica to take a fresh one; raft-rs asks again.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let conf_state = self.snapshot.get_metadata().get_conf_state();
+        let includes_peer = conf_state.voters.contains(&to) || conf_state.learners.contains(&to);
+        if self.snapshot_index() < request_index || self.snapshot_index() == 0 || !includes_peer {
+            self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())

@@ -211,6 +211,8 @@ pub struct Replica {
     compaction: Option<(u64, u64)>,
     /// No local snapshot before this applied index (after a failed one).
     snapshot_retry_at: u64,
+    /// Peers sent a snapshot since the last report to raft-rs.
+    snapshots_sent: Vec<u64>,
     outputs: VecDeque<ReplicaOutput>,
 }
 
@@ -336,6 +338,7 @@ impl Replica {
             entry_seqs,
             compaction: None,
             snapshot_retry_at: 0,
+            snapshots_sent: Vec::new(),
             outputs: VecDeque::new(),
         };
         replica.pin_election_timeout();
@@ -350,6 +353,17 @@ impl Replica {
             let ticks = self.config.election_ticks;
             let timeout = ticks + self.rng.random_range(0..ticks);
             self.raw.raft.set_randomized_election_timeout(timeout);
+        }
+    }
+
+    /// Answers every request still waiting with `error`: the node stops.
+    pub fn abandon(&mut self, error: &NodeError) {
+        for (_, waiting) in std::mem::take(&mut self.proposals) {
+            self.answer_failed(waiting, error.clone());
+        }
+        for (_, read) in std::mem::take(&mut self.reads) {
+            let answer = read.answer(Err(error.clone()), &self.state_machine);
+            self.answer(read.ticket, answer);
         }
     }
 
@@ -381,6 +395,18 @@ impl Replica {
         }
         if now >= self.next_tick {
             self.next_tick = now + self.config.tick_interval;
+        }
+        if ticks > 0 {
+            // raft-rs drops a read it cannot serve yet (a leader that has not
+            // committed in its term, a follower that knows no leader, a lost
+            // message): ask again each tick until answered or timed out;
+            // raft-rs ignores a read it already holds.
+            let unanswered: Vec<u64> =
+                self.reads.iter().filter(|(_, read)| read.index.is_none()).map(|(&id, _)| id).collect();
+            for request in unanswered {
+                self.raw.read_index(encode_context(self.config.id, request));
+                self.pin_election_timeout();
+            }
         }
         let expired: Vec<u64> =
             self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(&id, _)| id).collect();
@@ -574,6 +600,14 @@ impl Replica {
     /// Hands raft-rs's work to the WAL and the network until it has none.
     fn process(&mut self, now: Instant, wal: &mut Wal) {
         loop {
+            // The network does not report delivery: count every snapshot as
+            // delivered. If it was lost, the peer's next answer shows it is
+            // still behind and raft-rs sends it again; meanwhile the peer is
+            // no longer held in raft-rs's snapshot state.
+            for peer in std::mem::take(&mut self.snapshots_sent) {
+                self.raw.report_snapshot(peer, raft::SnapshotStatus::Finish);
+                self.pin_election_timeout();
+            }
             let mut progressed = false;
             while let Some(front) = self.unpersisted.front() {
                 if wal.durable_next() < front.wal_seq_end {
@@ -602,11 +636,20 @@ impl Replica {
             }
         }
         self.resolve_reads();
+        if self.raw.store().take_snapshot_wanted() {
+            // A peer needs a snapshot the store cannot give (too old, or
+            // from before the peer joined): take a fresh one.
+            let applied = self.raw.raft.raft_log.applied;
+            self.take_snapshot(now, wal, applied);
+        }
         self.compact_wal(wal);
     }
 
     fn send(&mut self, message: Message) {
         let to = message.to;
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            self.snapshots_sent.push(to);
+        }
         let bytes = message.write_to_bytes().expect("encoding a protobuf message into memory cannot fail");
         self.outputs.push_back(ReplicaOutput::Send { to, message: Bytes::from(bytes) });
     }
@@ -718,7 +761,15 @@ impl Replica {
         self.pin_election_timeout();
         let conf_state = applied?;
         let members = (conf_state.voters.clone(), conf_state.learners.clone());
+        let removed = !members.0.contains(&self.config.id) && !members.1.contains(&self.config.id);
         self.raw.mut_store().set_conf_state(conf_state);
+        if removed && self.raw.raft.state == StateRole::Leader {
+            // raft-rs would keep a removed leader leading a configuration
+            // it is not part of; step down so the others elect a leader.
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+            self.pin_election_timeout();
+        }
         Ok(members)
     }
 

@@ -40,7 +40,7 @@ impl Replica {
 
     /// Snapshots the state machine at `applied` and compacts the log
     /// behind it. Returns whether the snapshot was stored.
-    fn take_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) -> bool {
+    pub(super) fn take_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) -> bool {
         let store = self.raw.store();
         if applied <= store.snapshot_index() {
             return true;
