@@ -16,13 +16,18 @@
 //! - [`step`]: a kernel driven by hand, one disk operation at a time, for
 //!   scripted scenarios;
 //! - [`wal`]: randomized log runs with crashes and faults ([`run_wal`]) and
-//!   the bit-rot scenario ([`run_corruption`]).
+//!   the bit-rot scenario ([`run_corruption`]);
+//! - [`cluster`]: Raft clusters of kernels over a simulated network, driven
+//!   by scripts ([`ClusterSim`]) or by a randomized workload with faults
+//!   ([`run_cluster`]), checked by oracles.
 
+pub mod cluster;
 pub mod disk;
 pub mod step;
 pub mod time;
 pub mod trace;
 pub mod wal;
 
+pub use cluster::{ClusterConfig, ClusterRun, ClusterRunConfig, ClusterSim, run_cluster};
 pub use disk::{DiskFaults, SimDisk};
 pub use wal::{FaultLevel, WalRun, WalRunConfig, WalSummary, run_corruption, run_wal};

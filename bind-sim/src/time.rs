@@ -96,6 +96,11 @@ impl<E> EventQueue<E> {
         self.events.pop_first().map(|((at, _), event)| (at, event))
     }
 
+    /// The time of the earliest event, without removing it.
+    pub fn next_at(&self) -> Option<Duration> {
+        self.events.first_key_value().map(|((at, _), _)| *at)
+    }
+
     /// Number of scheduled events.
     pub fn len(&self) -> usize {
         self.events.len()
