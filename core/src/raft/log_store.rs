@@ -57,6 +57,11 @@ impl LogStore {
         (self.entries.len(), bytes.sum())
     }
 
+    /// Every entry held, after the latest snapshot.
+    pub fn held(&self) -> &[Entry] {
+        &self.entries
+    }
+
     /// The entry at `index`, if held.
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         let offset = index.checked_sub(self.first())?;

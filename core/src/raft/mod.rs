@@ -204,11 +204,9 @@ pub struct Replica {
     proposals: BTreeMap<u64, Waiting>,
     reads: BTreeMap<u64, PendingRead>,
     unpersisted: VecDeque<Unpersisted>,
-    /// WAL sequence number of each entry's record, by log index.
-    entry_seqs: BTreeMap<u64, u64>,
-    /// A snapshot written to the WAL: once its record (sequence number
-    /// `.0`) is durable, segments below `.1` hold nothing still needed.
-    compaction: Option<(u64, u64)>,
+    /// The WAL sequence number of a snapshot's record: once it is durable,
+    /// segments before it hold nothing still needed.
+    compaction: Option<u64>,
     /// No local snapshot before this applied index (after a failed one).
     snapshot_retry_at: u64,
     /// Peers sent a snapshot since the last report to raft-rs.
@@ -260,10 +258,14 @@ impl Replica {
         wal: &mut Wal,
     ) -> Result<Self, NodeError> {
         let mut store = LogStore::default();
-        let mut entry_seqs = BTreeMap::new();
-        let mut empty = true;
-        for (seq, record) in records {
-            empty = false;
+        let records: Vec<(u64, RaftRecord)> = records.into_iter().collect();
+        let empty = records.is_empty();
+        // Each snapshot record is followed by everything it does not cover,
+        // so replay starts at the first one: what precedes it is superseded
+        // (and its beginning may have been removed by compaction).
+        let start =
+            records.iter().position(|(_, record)| matches!(record, RaftRecord::Snapshot(_))).unwrap_or(0);
+        for (_, record) in records.into_iter().skip(start) {
             match record {
                 RaftRecord::Entry(entry) => {
                     if entry.index <= store.snapshot_index() {
@@ -276,15 +278,10 @@ impl Replica {
                             store.last()
                         )));
                     }
-                    entry_seqs.split_off(&entry.index);
-                    entry_seqs.insert(entry.index, seq);
                     store.append(&[entry]);
                 }
                 RaftRecord::HardState(hard_state) => store.set_hard_state(hard_state),
-                RaftRecord::Snapshot(snapshot) => {
-                    entry_seqs = entry_seqs.split_off(&(snapshot.get_metadata().index + 1));
-                    store.install_snapshot(snapshot);
-                }
+                RaftRecord::Snapshot(snapshot) => store.install_snapshot(snapshot),
             }
         }
         let bootstrap = empty && !config.voters.is_empty();
@@ -335,7 +332,6 @@ impl Replica {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             unpersisted: VecDeque::new(),
-            entry_seqs,
             compaction: None,
             snapshot_retry_at: 0,
             snapshots_sent: Vec::new(),
@@ -693,10 +689,7 @@ impl Replica {
         }
         let entries = ready.take_entries();
         for entry in &entries {
-            self.entry_seqs.split_off(&entry.index);
-            if let Some(seq) = self.persist(now, wal, RaftRecord::Entry(entry.clone())) {
-                self.entry_seqs.insert(entry.index, seq);
-            }
+            self.persist(now, wal, RaftRecord::Entry(entry.clone()));
         }
         self.raw.mut_store().append(&entries);
         if let Some(hard_state) = ready.hs() {

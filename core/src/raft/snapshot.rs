@@ -26,8 +26,23 @@ impl Replica {
             self.outputs.push_back(ReplicaOutput::Fatal(error));
             return;
         }
-        self.entry_seqs = self.entry_seqs.split_off(&(index + 1));
         self.raw.mut_store().install_snapshot(snapshot);
+        self.rewrite_after_snapshot(now, wal);
+    }
+
+    /// Writes again, after a snapshot's record, every entry the snapshot
+    /// does not cover and the hard state. Recovery then starts at the first
+    /// snapshot record it finds: what lies before it is superseded, and may
+    /// be partly removed (segments go whole, so the oldest one kept can
+    /// begin with entries whose predecessors are gone).
+    fn rewrite_after_snapshot(&mut self, now: Instant, wal: &mut Wal) {
+        let store = self.raw.store();
+        let entries = store.held().to_vec();
+        let hard_state = store.hard_state().clone();
+        for entry in entries {
+            self.persist(now, wal, RaftRecord::Entry(entry));
+        }
+        self.persist(now, wal, RaftRecord::HardState(hard_state));
     }
 
     /// Takes a snapshot and compacts the log once enough has been applied.
@@ -51,7 +66,6 @@ impl Replica {
         metadata.index = applied;
         metadata.term = store.entry(applied).map_or(0, |entry| entry.term);
         metadata.set_conf_state(store.conf_state().clone());
-        let hard_state = store.hard_state().clone();
         let snapshot_seq = match wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode()) {
             Ok(seq) => seq,
             Err(error) => {
@@ -63,13 +77,11 @@ impl Replica {
                 return false;
             }
         };
-        // The latest hard state must outlive the segments removed below.
-        self.persist(now, wal, RaftRecord::HardState(hard_state));
         self.raw.mut_store().compact(snapshot);
-        self.entry_seqs = self.entry_seqs.split_off(&(applied + 1));
-        let keep_from = self.entry_seqs.values().next().copied().unwrap_or(snapshot_seq).min(snapshot_seq);
+        self.rewrite_after_snapshot(now, wal);
         let _ = self.state_machine.compact();
-        self.compaction = Some((snapshot_seq, keep_from));
+        // Once the snapshot is durable, nothing before its record is needed.
+        self.compaction = Some(snapshot_seq);
         true
     }
 
@@ -105,10 +117,10 @@ impl Replica {
 
     /// Removes the WAL segments a durable snapshot made obsolete.
     pub(super) fn compact_wal(&mut self, wal: &mut Wal) {
-        let Some((snapshot_seq, keep_from)) = self.compaction else { return };
+        let Some(snapshot_seq) = self.compaction else { return };
         if wal.durable_next() > snapshot_seq {
             self.compaction = None;
-            self.outputs.push_back(ReplicaOutput::RemoveWalBefore(keep_from));
+            self.outputs.push_back(ReplicaOutput::RemoveWalBefore(snapshot_seq));
         }
     }
 }
