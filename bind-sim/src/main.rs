@@ -60,6 +60,10 @@ struct ClusterArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Every node's log segment size target in bytes (small segments
+    /// rotate, and compaction removes them).
+    #[arg(long = "segment-bytes", default_value_t = 64 * 1024)]
+    segment_bytes: u64,
     /// Print only failures and the totals of a sweep.
     #[arg(long, short)]
     quiet: bool,
@@ -172,6 +176,7 @@ fn cluster(args: &ClusterArgs) -> ExitCode {
             faults: args.faults,
             ops: args.ops,
             clients: args.clients,
+            segment_bytes: args.segment_bytes,
         };
         let result = if args.trace { run_cluster_echoing(&config) } else { run_cluster(&config) };
         let run = match result {

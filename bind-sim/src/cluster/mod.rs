@@ -8,15 +8,29 @@
 //! - [`run_cluster`] runs a randomized workload (clients, faults,
 //!   membership changes) from a seed and reports a [`ClusterSummary`] and
 //!   the first [`Violation`], with the command that replays it;
-//! - [`bench`] measures how fast the core commits with nothing in the way.
+//! - [`bench`](mod@bench) measures how fast the core commits with nothing in
+//!   the way.
 //!
 //! Like every binding, the simulator decides nothing about the protocol:
 //! it executes each kernel's disk operations one at a time in the order
 //! polled, delivers messages and replies, and fires timers at
-//! `poll_timeout`. What it adds is judgment: the oracles of [`oracle`]
-//! (agreement of every replica with one committed sequence, one leader per
-//! term, real-time order of acknowledged writes and linearizable reads),
-//! and at the end durability and progress ([`ClusterSim::check_converged`]).
+//! `poll_timeout`. What it adds is judgment, checked as the run goes:
+//!
+//! - every replica applies the one committed sequence, with the same
+//!   results, and states recorded at one position are byte-identical
+//!   (`oracle`, fed by the recording state machine of `recorder`);
+//! - at most one leader per term;
+//! - an acknowledged proposal lands after every proposal acknowledged
+//!   before it was submitted, and a linearizable read of a key sees every
+//!   write and read of it that finished before the read started;
+//! - every command is answered within the request timeout while its node
+//!   is up;
+//! - a node stops (`NodeFailed`) or fails to recover its log only on an
+//!   injected disk fault;
+//!
+//! and at the end, after healing, progress and durability
+//! ([`ClusterSim::check_converged`]): a leader commits a write, and every
+//! member holds the state of the whole committed sequence.
 
 pub mod bench;
 mod network;

@@ -1,5 +1,5 @@
 //! `ClusterSim`: kernels of a Raft cluster driven by one discrete-event
-//! queue on virtual time. This file is the engine; [`script`] is the API
+//! queue on virtual time. This file is the engine; `script.rs` is the API
 //! tests script with.
 //!
 //! Each node is a [`Kernel::new_node`] with its own [`SimDisk`] (kept across
@@ -138,8 +138,8 @@ struct StepRecords {
     queried: BTreeMap<u64, u64>,
 }
 
-/// A simulated cluster. See the module documentation, and [`script`] for
-/// the methods tests use.
+/// A simulated cluster: the engine is described in this module's
+/// documentation; the methods tests use are grouped in `script.rs`.
 pub struct ClusterSim {
     config: ClusterConfig,
     kernel_config: KernelConfig,
@@ -519,11 +519,16 @@ impl ClusterSim {
                 }
             }
             Event::Replica(ReplicaEvent::SnapshotFailed { .. }) => self.stats.snapshots_failed += 1,
-            Event::NodeFailed(_) => {
+            Event::NodeFailed(error) => {
                 if let Some(running) = self.running_mut(id) {
                     running.failed = true;
                 }
                 self.stats.node_failures += 1;
+                // Only an injected disk fault may stop a node: anything else
+                // (its own log unreadable after a crash, say) is a bug.
+                if !error.to_string().contains(INJECTED) {
+                    self.violate(format!("node {id} stopped on an error no fault caused: {error}"));
+                }
             }
             Event::WalFailed(error) if !error.failure.message.contains(INJECTED) => {
                 self.violate(format!("node {id}'s log failed on an error the disk did not inject: {error}"));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use octopii_core::raft::NodeError;
+use octopii_core::wal::WalConfig;
 use octopii_core::{Command, Reply};
 use rand::{Rng, SeedableRng};
 
@@ -111,11 +112,13 @@ impl Driver {
         // cluster's config), then goes on in the cluster.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
         let swarm = Swarm::draw(config, &mut rng);
+        let defaults = ClusterConfig::default();
         let cluster = ClusterConfig {
             seed: config.seed,
             nodes: config.nodes,
             snapshot_lag_threshold: swarm.snapshot_lag_threshold,
-            ..ClusterConfig::default()
+            wal: WalConfig { segment_bytes_target: config.segment_bytes, ..defaults.wal.clone() },
+            ..defaults
         };
         let mut sim = ClusterSim::build(cluster, Machines::Kv, trace, rng)
             .expect("a validated run config gives a valid cluster config");
@@ -191,17 +194,22 @@ impl Driver {
         ClusterRun { summary, trace_hash: self.sim.trace_hash(), violation }
     }
 
-    /// Heals every fault, restarts every node, and requires the cluster to
-    /// commit a write and converge on the committed sequence.
+    /// Heals every fault, restarts every node (after a power loss of the
+    /// whole cluster, in profiles with crashes), and requires the cluster to
+    /// commit a write and converge on the committed sequence: every
+    /// acknowledged write must have survived.
     fn finish(&mut self) {
         if self.sim.violation().is_some() {
             return;
         }
-        self.sim.note("finishing: faults healed, every node restarted");
         self.sim.heal();
         self.sim.set_network(NetworkConfig::default()).expect("the default network is valid");
         self.sim.set_disk_faults(DiskFaults::NONE).expect("no faults is valid");
-        for id in self.sim.failed_nodes() {
+        let everyone = self.config.faults.crashes();
+        let down: Vec<u64> = if everyone { self.sim.running_nodes() } else { self.sim.failed_nodes() };
+        let what = if everyone { "a power loss everywhere" } else { "failed nodes restarted" };
+        self.sim.note(&format!("finishing: faults healed, {what}"));
+        for id in down {
             self.sim.crash(id);
         }
         for id in self.sim.node_ids() {

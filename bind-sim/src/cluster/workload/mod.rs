@@ -78,11 +78,22 @@ pub struct ClusterRunConfig {
     pub ops: u64,
     /// Concurrent clients. Default 4.
     pub clients: usize,
+    /// Every node's log segment size target: small segments rotate, and
+    /// compaction removes them. Default 64 KiB (few rotations in a run of a
+    /// few hundred operations).
+    pub segment_bytes: u64,
 }
 
 impl Default for ClusterRunConfig {
     fn default() -> Self {
-        Self { seed: 0, nodes: 3, faults: ClusterFaults::Full, ops: 300, clients: 4 }
+        Self {
+            seed: 0,
+            nodes: 3,
+            faults: ClusterFaults::Full,
+            ops: 300,
+            clients: 4,
+            segment_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -102,14 +113,19 @@ impl ClusterRunConfig {
         if !(1..=CLIENTS_MAX).contains(&self.clients) {
             return Err(format!("client count {} is outside 1..={CLIENTS_MAX}", self.clients));
         }
-        Ok(())
+        let wal = octopii_core::wal::WalConfig {
+            segment_bytes_target: self.segment_bytes,
+            ..crate::cluster::ClusterConfig::default().wal
+        };
+        wal.validate().map_err(|error| format!("invalid log config: {error}"))
     }
 
     /// The command that replays this run exactly.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run -p octopii-sim -- cluster --seed {} --nodes {} --faults {} --ops {} --clients {}",
-            self.seed, self.nodes, self.faults, self.ops, self.clients
+            "cargo run -p octopii-sim -- cluster --seed {} --nodes {} --faults {} --ops {} --clients {} \
+             --segment-bytes {}",
+            self.seed, self.nodes, self.faults, self.ops, self.clients, self.segment_bytes
         )
     }
 }
