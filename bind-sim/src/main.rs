@@ -60,10 +60,11 @@ struct ClusterArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Every node's log segment size target in bytes (small segments
-    /// rotate, and compaction removes them).
-    #[arg(long = "segment-bytes", default_value_t = 64 * 1024)]
-    segment_bytes: u64,
+    /// Every node's log segment size target in bytes (default: drawn from
+    /// the seed, 4 KiB to 64 KiB, so that logs rotate and compaction
+    /// removes segments).
+    #[arg(long = "segment-bytes")]
+    segment_bytes: Option<u64>,
     /// Print only failures and the totals of a sweep.
     #[arg(long, short)]
     quiet: bool,

@@ -25,6 +25,8 @@ const KEYS: u64 = 6;
 /// enough, next to a commit's few milliseconds, that a run spans many
 /// election timeouts and the nemesis's moves interleave with the clients.
 const CLIENT_PAUSE_US_MAX: u64 = 30_000;
+/// Largest log segment size target a run draws, in bytes.
+const SEGMENT_BYTES_DRAWN_MAX: u64 = 64 * 1024;
 /// Virtual time the healed cluster has to commit a write and converge.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -59,6 +61,7 @@ struct Swarm {
     network: NetworkConfig,
     disk: DiskFaults,
     snapshot_lag_threshold: u64,
+    segment_bytes: u64,
 }
 
 impl Swarm {
@@ -84,7 +87,11 @@ impl Swarm {
             disk.write_error = rng.random_range(0.0..0.002);
             disk.sync_error = rng.random_range(0.0..0.002);
         }
-        Self { nemesis_ms_max: rng.random_range(100..=400), network, disk, snapshot_lag_threshold }
+        // Small segments rotate often, and compaction removes them.
+        let segment_bytes =
+            config.segment_bytes.unwrap_or_else(|| rng.random_range(4096..=SEGMENT_BYTES_DRAWN_MAX));
+        let nemesis_ms_max = rng.random_range(100..=400);
+        Self { nemesis_ms_max, network, disk, snapshot_lag_threshold, segment_bytes }
     }
 }
 
@@ -117,7 +124,7 @@ impl Driver {
             seed: config.seed,
             nodes: config.nodes,
             snapshot_lag_threshold: swarm.snapshot_lag_threshold,
-            wal: WalConfig { segment_bytes_target: config.segment_bytes, ..defaults.wal.clone() },
+            wal: WalConfig { segment_bytes_target: swarm.segment_bytes, ..defaults.wal.clone() },
             ..defaults
         };
         let mut sim = ClusterSim::build(cluster, Machines::Kv, trace, rng)

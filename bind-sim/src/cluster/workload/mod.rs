@@ -78,22 +78,15 @@ pub struct ClusterRunConfig {
     pub ops: u64,
     /// Concurrent clients. Default 4.
     pub clients: usize,
-    /// Every node's log segment size target: small segments rotate, and
-    /// compaction removes them. Default 64 KiB (few rotations in a run of a
-    /// few hundred operations).
-    pub segment_bytes: u64,
+    /// Every node's log segment size target in bytes; `None` draws it from
+    /// the seed, between 4 KiB and 64 KiB, so that logs rotate and
+    /// compaction removes segments. Default `None`.
+    pub segment_bytes: Option<u64>,
 }
 
 impl Default for ClusterRunConfig {
     fn default() -> Self {
-        Self {
-            seed: 0,
-            nodes: 3,
-            faults: ClusterFaults::Full,
-            ops: 300,
-            clients: 4,
-            segment_bytes: 64 * 1024,
-        }
+        Self { seed: 0, nodes: 3, faults: ClusterFaults::Full, ops: 300, clients: 4, segment_bytes: None }
     }
 }
 
@@ -113,8 +106,9 @@ impl ClusterRunConfig {
         if !(1..=CLIENTS_MAX).contains(&self.clients) {
             return Err(format!("client count {} is outside 1..={CLIENTS_MAX}", self.clients));
         }
+        let Some(segment_bytes_target) = self.segment_bytes else { return Ok(()) };
         let wal = octopii_core::wal::WalConfig {
-            segment_bytes_target: self.segment_bytes,
+            segment_bytes_target,
             ..crate::cluster::ClusterConfig::default().wal
         };
         wal.validate().map_err(|error| format!("invalid log config: {error}"))
@@ -122,10 +116,15 @@ impl ClusterRunConfig {
 
     /// The command that replays this run exactly.
     pub fn replay_command(&self) -> String {
+        let segment_bytes = self.segment_bytes.map(|bytes| format!(" --segment-bytes {bytes}"));
         format!(
-            "cargo run -p octopii-sim -- cluster --seed {} --nodes {} --faults {} --ops {} --clients {} \
-             --segment-bytes {}",
-            self.seed, self.nodes, self.faults, self.ops, self.clients, self.segment_bytes
+            "cargo run -p octopii-sim -- cluster --seed {} --nodes {} --faults {} --ops {} --clients {}{}",
+            self.seed,
+            self.nodes,
+            self.faults,
+            self.ops,
+            self.clients,
+            segment_bytes.unwrap_or_default()
         )
     }
 }
