@@ -95,6 +95,8 @@ pub(crate) struct Node {
     config: NodeConfig,
     state_machine: StateMachine,
     replica: Option<Replica>,
+    /// Whether requests may run (the replica's incarnation is durable).
+    ready: bool,
     failed: Option<NodeError>,
     outputs: VecDeque<NodeOutput>,
 }
@@ -107,11 +109,21 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     pub(crate) fn new(config: NodeConfig, state_machine: StateMachine) -> Self {
-        Self { config, state_machine, replica: None, failed: None, outputs: VecDeque::new() }
+        Self { config, state_machine, replica: None, ready: false, failed: None, outputs: VecDeque::new() }
     }
 
     pub(crate) fn is_ready(&self) -> bool {
-        self.replica.is_some() || self.failed.is_some()
+        self.ready || self.failed.is_some()
+    }
+
+    /// Lets queued requests run once the replica's incarnation record is
+    /// durable.
+    fn announce_ready(&mut self, wal: &Wal) {
+        let durable = self.replica.as_ref().is_some_and(|replica| wal.durable_next() > replica.incarnation());
+        if durable && !self.ready {
+            self.ready = true;
+            self.outputs.push_back(NodeOutput::Ready);
+        }
     }
 
     pub(crate) fn poll_output(&mut self) -> Option<NodeOutput> {
@@ -158,7 +170,7 @@ impl Node {
             Ok(replica) => {
                 self.replica = Some(replica);
                 self.drain();
-                self.outputs.push_back(NodeOutput::Ready);
+                self.announce_ready(wal);
             }
             Err(error) => self.fail(error),
         }
@@ -236,6 +248,7 @@ impl Node {
         if let Ok(replica) = self.running() {
             replica.handle_durable(now, wal);
             self.drain();
+            self.announce_ready(wal);
         }
     }
 

@@ -201,6 +201,8 @@ pub struct Replica {
     rng: ChaCha8Rng,
     next_tick: Instant,
     next_request: u64,
+    /// See [`encode_context`].
+    incarnation: u64,
     proposals: BTreeMap<u64, Waiting>,
     reads: BTreeMap<u64, PendingRead>,
     unpersisted: VecDeque<Unpersisted>,
@@ -226,18 +228,22 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-/// The sequence numbers of a proposal: `(proposer, request)` in the entry's
-/// context, so that results find their request whatever the queue order.
-fn encode_context(node: u64, request: u64) -> Vec<u8> {
-    let mut context = node.to_le_bytes().to_vec();
-    context.extend_from_slice(&request.to_le_bytes());
-    context
+/// A request's identity in an entry's context: `(proposer, incarnation,
+/// request)`, so that results find their request whatever the queue order.
+/// The incarnation (the WAL sequence number of a record this run of the node
+/// made durable before taking requests) keeps a request of an earlier run,
+/// committed after a restart, from answering a new request.
+fn encode_context(node: u64, incarnation: u64, request: u64) -> Vec<u8> {
+    [node, incarnation, request].iter().flat_map(|part| part.to_le_bytes()).collect()
 }
 
-fn decode_context(context: &[u8]) -> Option<(u64, u64)> {
-    let (node, request) = context.split_first_chunk::<8>()?;
-    let request: &[u8; 8] = request.try_into().ok()?;
-    Some((u64::from_le_bytes(*node), u64::from_le_bytes(*request)))
+fn decode_context(context: &[u8]) -> Option<(u64, u64, u64)> {
+    let parts: &[u8; 24] = context.try_into().ok()?;
+    let part = |index: usize| {
+        let bytes: [u8; 8] = parts[index * 8..index * 8 + 8].try_into().expect("8 bytes of 24");
+        u64::from_le_bytes(bytes)
+    };
+    Some((part(0), part(1), part(2)))
 }
 
 impl Replica {
@@ -300,6 +306,12 @@ impl Replica {
                 .map_err(|error| NodeError::Storage(error.to_string()))?;
             store.install_snapshot(snapshot);
         }
+        // This run's requests are told apart from earlier runs' by the
+        // sequence number of this record; the node takes requests only once
+        // it is durable, so no two runs share it.
+        let incarnation = wal
+            .append(now, RaftRecord::HardState(store.hard_state().clone()).encode())
+            .map_err(|error| NodeError::Storage(error.to_string()))?;
         if store.snapshot_index() > 0 && !bootstrap {
             state_machine.restore(&store.snapshot_ref().data).map_err(|error| {
                 NodeError::Storage(format!("state machine refused the snapshot: {error}"))
@@ -329,6 +341,7 @@ impl Replica {
             state_machine,
             rng: ChaCha8Rng::seed_from_u64(seed),
             next_request: 0,
+            incarnation,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             unpersisted: VecDeque::new(),
@@ -361,6 +374,12 @@ impl Replica {
             let answer = read.answer(Err(error.clone()), &self.state_machine);
             self.answer(read.ticket, answer);
         }
+    }
+
+    /// The WAL sequence number that must be durable before the replica
+    /// takes requests (see [`encode_context`]).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// This node's id.
@@ -400,7 +419,7 @@ impl Replica {
             let unanswered: Vec<u64> =
                 self.reads.iter().filter(|(_, read)| read.index.is_none()).map(|(&id, _)| id).collect();
             for request in unanswered {
-                self.raw.read_index(encode_context(self.config.id, request));
+                self.raw.read_index(encode_context(self.config.id, self.incarnation, request));
                 self.pin_election_timeout();
             }
         }
@@ -501,7 +520,7 @@ impl Replica {
         }
         let request = self.next_request;
         self.next_request += 1;
-        let proposed = propose(&mut self.raw, encode_context(self.config.id, request));
+        let proposed = propose(&mut self.raw, encode_context(self.config.id, self.incarnation, request));
         self.pin_election_timeout();
         match proposed {
             Ok(()) => {
@@ -525,7 +544,7 @@ impl Replica {
         self.next_request += 1;
         let deadline = now + self.config.request_timeout;
         self.reads.insert(request, PendingRead { ticket, deadline, index: None, query });
-        self.raw.read_index(encode_context(self.config.id, request));
+        self.raw.read_index(encode_context(self.config.id, self.incarnation, request));
         self.pin_election_timeout();
         self.process(now, wal);
     }
@@ -682,7 +701,9 @@ impl Replica {
         }
         self.apply(now, wal, ready.take_committed_entries());
         for read in ready.take_read_states() {
-            let request = decode_context(&read.request_ctx).map(|(_, request)| request);
+            let request = decode_context(&read.request_ctx)
+                .filter(|&(node, incarnation, _)| (node, incarnation) == (self.config.id, self.incarnation))
+                .map(|(_, _, request)| request);
             if let Some(pending) = request.and_then(|request| self.reads.get_mut(&request)) {
                 pending.index = Some(read.index);
             }
@@ -711,8 +732,9 @@ impl Replica {
     fn apply(&mut self, now: Instant, wal: &mut Wal, entries: Vec<Entry>) {
         let Some(last) = entries.last().map(|entry| entry.index) else { return };
         for entry in entries {
-            let ours = decode_context(&entry.context).filter(|&(node, _)| node == self.config.id);
-            let waiting = ours.and_then(|(_, request)| self.proposals.remove(&request));
+            let ours = decode_context(&entry.context)
+                .filter(|&(node, incarnation, _)| (node, incarnation) == (self.config.id, self.incarnation));
+            let waiting = ours.and_then(|(_, _, request)| self.proposals.remove(&request));
             match entry.get_entry_type() {
                 // raft-rs's own entries (a new leader's empty entry, a refused
                 // configuration change) carry no context; every proposal does,
