@@ -671,14 +671,10 @@ impl Replica {
 
     /// Appends a record to the WAL. A record the WAL refuses would leave
     /// raft-rs believing in state that is not stored: the node stops.
-    fn persist(&mut self, now: Instant, wal: &mut Wal, record: RaftRecord) -> Option<u64> {
-        match wal.append(now, record.encode()) {
-            Ok(seq) => Some(seq),
-            Err(error) => {
-                let error = NodeError::Storage(format!("cannot store raft state: {error}"));
-                self.outputs.push_back(ReplicaOutput::Fatal(error));
-                None
-            }
+    fn persist(&mut self, now: Instant, wal: &mut Wal, record: RaftRecord) {
+        if let Err(error) = wal.append(now, record.encode()) {
+            let error = NodeError::Storage(format!("cannot store raft state: {error}"));
+            self.outputs.push_back(ReplicaOutput::Fatal(error));
         }
     }
 
