@@ -17,6 +17,7 @@ pub mod disk;
 pub mod kernel;
 pub mod node;
 pub mod raft;
+pub mod transport;
 pub mod wal;
 
 pub use kernel::{

@@ -1,0 +1,1140 @@
+//! The node's network: a quinn-proto QUIC endpoint with mutual TLS, one
+//! connection per peer, framed messages, RPC.
+//!
+//! [`Transport`] is sans-IO like the rest of the core. Feed it datagrams
+//! with [`Transport::handle_datagram`] and timeouts with
+//! [`Transport::handle_timeout`]; drain [`Transport::poll_output`] after
+//! every input; send [`TransportOutput::Transmit`] datagrams from the UDP
+//! socket; wake it at [`Transport::poll_timeout`].
+//!
+//! Each connection carries one unidirectional stream per direction. The
+//! dialing node's first frame is [`frame::Frame::Hello`] with its node id,
+//! which must match the client certificate rustls has already verified
+//! against the cluster CA; the dialed node is verified by rustls itself (the
+//! dialer asks for [`tls::node_name`] of the id it dials). When both nodes
+//! dial each other at once, both keep the connection dialed by the lower
+//! id. Every random value quinn-proto needs comes from
+//! [`TransportConfig::seed`], so a run is replayable from it.
+
+pub mod frame;
+pub mod rpc;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use quinn_proto::{
+    ClientConfig, ConnectionHandle, ConnectionId, ConnectionIdGenerator, DatagramEvent, Dir, Endpoint,
+    EndpointConfig, ServerConfig, StreamEvent, StreamId, VarInt,
+};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use self::frame::{FRAME_BYTES_MAX, Frame, FrameDecoder, FrameError};
+use self::rpc::{MessageId, OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError};
+use self::rpc::{RpcRequest, RpcResponse};
+use self::tls::{TlsError, TlsIdentity};
+
+/// Frames held for a peer while its connection is being made; beyond it,
+/// Raft messages are dropped (Raft resends) and requests fail.
+pub const WAITING_FRAMES_MAX: usize = 1024;
+/// Bytes queued on one connection beyond what QUIC flow control has taken;
+/// beyond it, Raft messages are dropped and requests fail.
+pub const QUEUED_BYTES_MAX: usize = 2 * FRAME_BYTES_MAX;
+/// Largest piece read from a stream at once.
+const READ_CHUNK_BYTES_MAX: usize = 64 * 1024;
+
+/// Application close codes.
+const CLOSE_SHUTDOWN: u32 = 0;
+const CLOSE_PROTOCOL: u32 = 1;
+const CLOSE_DUPLICATE: u32 = 2;
+const CLOSE_IDENTITY: u32 = 3;
+
+/// Everything a transport needs.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node's id; its certificate must name it.
+    pub node_id: u64,
+    /// Where each peer listens. More can be added with
+    /// [`Transport::update_peer_addr`].
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// The cluster CA, this node's certificate and key.
+    pub identity: TlsIdentity,
+    /// The cryptography: `rustls::crypto::ring::default_provider()` in
+    /// production, a seeded one in the simulator.
+    pub crypto: Arc<rustls::crypto::CryptoProvider>,
+    /// Wall-clock time for certificate validity checks.
+    pub time: Arc<dyn rustls::time_provider::TimeProvider>,
+    /// Seeds every random choice of QUIC. Must differ between two starts of
+    /// the same node (draw it from the OS in production).
+    pub seed: [u8; 32],
+    /// A connection with no packet for this long is lost. Default 10 s.
+    pub idle_timeout: Duration,
+    /// Interval of keep-alive packets on an idle connection. Default 1 s.
+    pub keep_alive_interval: Duration,
+    /// First delay before dialing a peer again after a failure; it doubles
+    /// up to [`TransportConfig::reconnect_delay_max`]. Default 20 ms.
+    pub reconnect_delay_min: Duration,
+    /// Longest delay between dials. Default 2 s.
+    pub reconnect_delay_max: Duration,
+    /// Datagrams one [`Transmit`] may carry (the socket's GSO segment
+    /// count). Default 1.
+    pub max_transmit_segments: usize,
+}
+
+impl TransportConfig {
+    /// A configuration with the defaults above and no peers.
+    #[must_use]
+    pub fn new(
+        node_id: u64,
+        identity: TlsIdentity,
+        crypto: Arc<rustls::crypto::CryptoProvider>,
+        time: Arc<dyn rustls::time_provider::TimeProvider>,
+        seed: [u8; 32],
+    ) -> Self {
+        Self {
+            node_id,
+            peers: BTreeMap::new(),
+            identity,
+            crypto,
+            time,
+            seed,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(1),
+            reconnect_delay_min: Duration::from_millis(20),
+            reconnect_delay_max: Duration::from_secs(2),
+            max_transmit_segments: 1,
+        }
+    }
+}
+
+/// Why a transport could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportConfigError {
+    /// The TLS material or provider was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A timing field is out of range.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The datagram, or several of `segment_size` bytes each (the last may
+    /// be shorter) when the socket does segmentation offload.
+    pub contents: Bytes,
+    /// Set when `contents` holds several datagrams.
+    pub segment_size: Option<usize>,
+}
+
+/// Something that happened to a connection, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A connection to this peer is ready.
+    Connected {
+        /// The peer.
+        peer: u64,
+    },
+    /// The connection to this peer was lost or could not be made.
+    Lost {
+        /// The peer.
+        peer: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A connection was refused: the peer misbehaved or could not prove
+    /// its identity.
+    Refused {
+        /// The remote address.
+        address: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One output of [`Transport::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportOutput {
+    /// Send this from the UDP socket.
+    Transmit(Transmit),
+    /// A Raft message from an authenticated peer.
+    Raft {
+        /// The sender.
+        from: u64,
+        /// The encoded message.
+        message: Bytes,
+    },
+    /// The outcome of [`Transport::request`].
+    Response {
+        /// The ticket given with the request.
+        ticket: u64,
+        /// The response, or why there is none.
+        result: Result<RpcResponse, RpcError>,
+    },
+    /// A one-way message from a peer.
+    OneWay {
+        /// The sender.
+        from: u64,
+        /// The message.
+        message: OneWayMessage,
+    },
+    /// Opaque bytes from a peer.
+    Data {
+        /// The sender.
+        from: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Report this.
+    Event(TransportEvent),
+}
+
+/// Counters of a transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Datagrams handed in.
+    pub datagrams_received: u64,
+    /// Transmits handed out.
+    pub transmits_sent: u64,
+    /// Frames decoded from peers.
+    pub frames_received: u64,
+    /// Frames queued to peers.
+    pub frames_sent: u64,
+    /// Raft messages dropped (no connection, queue full).
+    pub raft_dropped: u64,
+    /// Connections refused or closed for misbehaviour.
+    pub connections_refused: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+}
+
+#[derive(Debug)]
+struct Connection {
+    quinn: quinn_proto::Connection,
+    /// The peer: known at dial time for outbound connections, after a valid
+    /// hello for inbound ones.
+    peer: Option<u64>,
+    /// Whether the peer's identity is established (handshake done and, for
+    /// inbound connections, a valid hello).
+    identified: bool,
+    outbound: bool,
+    send: Option<StreamId>,
+    /// Encoded frames not yet taken by QUIC; the front may be a remainder.
+    queued: VecDeque<Bytes>,
+    front_started: bool,
+    queued_bytes: usize,
+    receive: Option<(StreamId, FrameDecoder)>,
+    timeout: Option<Instant>,
+    closing: bool,
+    /// A duplicate: no new frames; closed once both streams have ended.
+    retiring: bool,
+    finish_sent: bool,
+    /// Our stream ended and the peer acknowledged all of it.
+    sent_all: bool,
+    /// The peer's stream ended cleanly.
+    received_all: bool,
+}
+
+impl Connection {
+    fn new(quinn: quinn_proto::Connection, peer: Option<u64>, outbound: bool) -> Self {
+        Self {
+            quinn,
+            peer,
+            identified: false,
+            outbound,
+            send: None,
+            queued: VecDeque::new(),
+            front_started: false,
+            queued_bytes: 0,
+            receive: None,
+            timeout: None,
+            closing: false,
+            retiring: false,
+            finish_sent: false,
+            sent_all: false,
+            received_all: false,
+        }
+    }
+
+    fn enqueue(&mut self, frame: Bytes) {
+        self.queued_bytes += frame.len();
+        self.queued.push_back(frame);
+        self.flush();
+    }
+
+    /// Hands queued frames to QUIC until flow control pushes back.
+    fn flush(&mut self) {
+        if self.closing || !self.identified {
+            return;
+        }
+        if self.send.is_none() {
+            self.send = self.quinn.streams().open(Dir::Uni);
+        }
+        let Some(stream) = self.send else { return };
+        while let Some(front) = self.queued.front_mut() {
+            match self.quinn.send_stream(stream).write(front) {
+                Ok(written) => {
+                    self.queued_bytes -= written;
+                    if written == front.len() {
+                        self.queued.pop_front();
+                        self.front_started = false;
+                    } else {
+                        front.advance(written);
+                        self.front_started = true;
+                        break;
+                    }
+                }
+                // Blocked: wait for `Writable`. Stopped or closed: the
+                // connection is closing and reports why.
+                Err(_) => break,
+            }
+        }
+        if self.retiring && self.queued.is_empty() && !self.finish_sent {
+            self.finish_sent = self.quinn.send_stream(stream).finish().is_ok();
+        }
+    }
+
+    /// Stops using this duplicate: what is queued but not started goes to
+    /// the connection kept; what QUIC has taken is still delivered, then
+    /// the stream ends. An empty stream is opened just to end it, so the
+    /// peer learns this side is done.
+    fn retire(&mut self) -> VecDeque<Bytes> {
+        let keep = usize::from(self.front_started);
+        let unstarted: VecDeque<Bytes> = self.queued.drain(keep..).collect();
+        self.queued_bytes -= unstarted.iter().map(Bytes::len).sum::<usize>();
+        self.retiring = true;
+        self.flush();
+        unstarted
+    }
+
+    /// Closes a retired duplicate once nothing is left in flight either way.
+    fn close_if_retired(&mut self, now: Instant) {
+        if self.retiring && self.sent_all && self.received_all {
+            self.close(now, CLOSE_DUPLICATE, "duplicate connection");
+        }
+    }
+
+    fn close(&mut self, now: Instant, code: u32, reason: &str) {
+        if !self.closing {
+            self.closing = true;
+            self.quinn.close(now, VarInt::from_u32(code), Bytes::copy_from_slice(reason.as_bytes()));
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    address: Option<SocketAddr>,
+    active: Option<ConnectionHandle>,
+    dialing: Option<ConnectionHandle>,
+    waiting: VecDeque<Bytes>,
+    reconnect_delay: Duration,
+    reconnect_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct PendingCall {
+    to: u64,
+    ticket: u64,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// Connection ids drawn from the transport's seed.
+struct SeededConnectionIds(ChaCha20Rng);
+
+impl ConnectionIdGenerator for SeededConnectionIds {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut bytes = [0; 8];
+        self.0.fill_bytes(&mut bytes);
+        ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// quinn's token clock, read from the same source as certificate checks.
+#[derive(Debug)]
+struct TokenClock(Arc<dyn rustls::time_provider::TimeProvider>);
+
+impl quinn_proto::TimeSource for TokenClock {
+    fn now(&self) -> SystemTime {
+        let seconds = self.0.current_time().map_or(0, |time| time.as_secs());
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+}
+
+/// A node's QUIC endpoint and its connections. See the module documentation.
+pub struct Transport {
+    node_id: u64,
+    endpoint: Endpoint,
+    client_config: ClientConfig,
+    connections: BTreeMap<ConnectionHandle, Connection>,
+    peers: BTreeMap<u64, Peer>,
+    pending: BTreeMap<MessageId, PendingCall>,
+    deadlines: BTreeSet<(Instant, MessageId)>,
+    next_message_id: u64,
+    handler: Option<RequestHandler>,
+    outputs: VecDeque<TransportOutput>,
+    buffer: Vec<u8>,
+    stats: TransportStats,
+    reconnect_delay_min: Duration,
+    reconnect_delay_max: Duration,
+    max_transmit_segments: usize,
+    shut_down: bool,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Transport")
+            .field("node_id", &self.node_id)
+            .field("connections", &self.connections.len())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Builds the endpoint. No packet leaves until something is sent.
+    ///
+    /// # Errors
+    ///
+    /// TLS material the provider refuses, or timing out of range.
+    pub fn new(config: TransportConfig) -> Result<Self, TransportConfigError> {
+        let invalid = |field: &'static str, reason: String| TransportConfigError::Invalid { field, reason };
+        let tls = tls::configs(&config.identity, &config.crypto, &config.time)?;
+        let quic_error = |error: quinn_proto::crypto::rustls::NoInitialCipherSuite| {
+            TlsError::Config(format!("no TLS 1.3 AES-128-GCM suite for QUIC initial packets: {error}"))
+        };
+        let server_crypto =
+            quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls.server).map_err(quic_error)?;
+        let client_crypto =
+            quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls.client).map_err(quic_error)?;
+
+        let mut transport = quinn_proto::TransportConfig::default();
+        let idle = quinn_proto::IdleTimeout::try_from(config.idle_timeout)
+            .map_err(|error| invalid("idle_timeout", error.to_string()))?;
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(config.keep_alive_interval))
+            .max_concurrent_uni_streams(VarInt::from_u32(1))
+            .max_concurrent_bidi_streams(VarInt::from_u32(0));
+        let transport = Arc::new(transport);
+
+        let mut rng = ChaCha20Rng::from_seed(config.seed);
+        let mut draw = || {
+            let mut bytes = [0; 32];
+            rng.fill_bytes(&mut bytes);
+            bytes
+        };
+        // The reset key must survive restarts: a restarted node then resets
+        // connections its previous run held, so peers notice at once. It is
+        // derived from the node's private key, which is secret and stable.
+        let reset_secret = ring::digest::digest(&ring::digest::SHA256, config.identity.key.secret_der());
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret.as_ref());
+        let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
+        let cid_seed = Mutex::new(ChaCha20Rng::from_seed(draw()));
+        endpoint_config.rng_seed(Some(draw())).cid_generator(move || {
+            let mut seeds = cid_seed.lock().expect("the generator seed lock is never poisoned");
+            Box::new(SeededConnectionIds(ChaCha20Rng::from_rng(&mut *seeds)))
+        });
+
+        let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&draw());
+        let mut server = ServerConfig::new(Arc::new(server_crypto), Arc::new(token_key));
+        server.transport_config(transport.clone()).time_source(Arc::new(TokenClock(config.time.clone())));
+        // Address validation tokens are for clients that come back later
+        // over the internet; peers of a cluster gain nothing from them.
+        server.validation_token.sent(0);
+
+        let mut client_config = ClientConfig::new(Arc::new(client_crypto));
+        let initial_ids = Mutex::new(ChaCha20Rng::from_seed(draw()));
+        client_config.transport_config(transport).initial_dst_cid_provider(Arc::new(move || {
+            let mut bytes = [0; 16];
+            initial_ids.lock().expect("the initial id lock is never poisoned").fill_bytes(&mut bytes);
+            ConnectionId::new(&bytes)
+        }));
+
+        let endpoint = Endpoint::new(Arc::new(endpoint_config), Some(Arc::new(server)), true, None);
+        let peers = config
+            .peers
+            .iter()
+            .filter(|&(&id, _)| id != config.node_id)
+            .map(|(&id, &address)| (id, Peer { address: Some(address), ..Peer::default() }))
+            .collect();
+        Ok(Self {
+            node_id: config.node_id,
+            endpoint,
+            client_config,
+            connections: BTreeMap::new(),
+            peers,
+            pending: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            next_message_id: 0,
+            handler: None,
+            outputs: VecDeque::new(),
+            buffer: Vec::new(),
+            stats: TransportStats::default(),
+            reconnect_delay_min: config.reconnect_delay_min,
+            reconnect_delay_max: config.reconnect_delay_max.max(config.reconnect_delay_min),
+            max_transmit_segments: config.max_transmit_segments.max(1),
+            shut_down: false,
+        })
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> TransportStats {
+        TransportStats { connections_open: self.connections.len() as u64, ..self.stats }
+    }
+
+    /// QUIC's statistics of the connection in use to `peer`, if any.
+    #[must_use]
+    pub fn connection_stats(&self, peer: u64) -> Option<quinn_proto::ConnectionStats> {
+        let handle = self.peers.get(&peer)?.active?;
+        Some(self.connections.get(&handle)?.quinn.stats())
+    }
+
+    /// Whether a connection to `peer` is ready.
+    #[must_use]
+    pub fn is_connected(&self, peer: u64) -> bool {
+        self.peers.get(&peer).is_some_and(|peer| peer.active.is_some())
+    }
+
+    /// Where `peer` listens, if known.
+    #[must_use]
+    pub fn peer_addr(&self, peer: u64) -> Option<SocketAddr> {
+        self.peers.get(&peer)?.address
+    }
+
+    /// Installs the handler for incoming requests, replacing any earlier one.
+    pub fn set_request_handler(&mut self, handler: RequestHandler) {
+        self.handler = Some(handler);
+    }
+
+    /// Sets where `peer` listens; a connection being dialed to the old
+    /// address is abandoned.
+    pub fn update_peer_addr(&mut self, now: Instant, peer: u64, address: SocketAddr) {
+        if peer == self.node_id {
+            return;
+        }
+        let entry = self.peers.entry(peer).or_default();
+        if entry.address == Some(address) {
+            return;
+        }
+        entry.address = Some(address);
+        entry.reconnect_at = None;
+        entry.reconnect_delay = Duration::ZERO;
+        if let Some(dialing) = entry.dialing.take()
+            && let Some(connection) = self.connections.get_mut(&dialing)
+        {
+            connection.close(now, CLOSE_SHUTDOWN, "peer address changed");
+        }
+        self.dial_if_waiting(now, peer);
+        self.drive_all(now);
+    }
+
+    /// Sends a Raft message to `to`, best effort: it is dropped when the
+    /// peer is unknown or too much is queued (Raft sends again).
+    pub fn send_raft(&mut self, now: Instant, to: u64, message: Bytes) {
+        if message.len() > FRAME_BYTES_MAX || self.send_frame(now, to, Frame::Raft(message).encode()).is_err()
+        {
+            self.stats.raft_dropped += 1;
+        }
+        self.drive_all(now);
+    }
+
+    /// Sends a request to `to`; its outcome comes back as
+    /// [`TransportOutput::Response`] with `ticket`, at the latest when
+    /// `timeout` has passed.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        to: u64,
+        payload: RequestPayload,
+        timeout: Duration,
+    ) {
+        let id = MessageId(self.next_message_id);
+        self.next_message_id += 1;
+        let frame = Frame::Request { id, payload }.encode();
+        let sent = self.check_size(&frame).and_then(|()| self.send_frame(now, to, frame));
+        match sent {
+            Ok(()) => {
+                let deadline = now + timeout;
+                self.pending.insert(id, PendingCall { to, ticket, deadline, timeout });
+                self.deadlines.insert((deadline, id));
+            }
+            Err(error) => self.outputs.push_back(TransportOutput::Response { ticket, result: Err(error) }),
+        }
+        self.drive_all(now);
+    }
+
+    /// Sends a one-way message to `to`; `Ok` once it is queued.
+    ///
+    /// # Errors
+    ///
+    /// Unknown peer, a full queue, too large, or shutting down.
+    pub fn send_one_way(&mut self, now: Instant, to: u64, message: OneWayMessage) -> Result<(), RpcError> {
+        let frame = Frame::OneWay(message).encode();
+        let result = self.check_size(&frame).and_then(|()| self.send_frame(now, to, frame));
+        self.drive_all(now);
+        result
+    }
+
+    /// Sends opaque bytes to `to`; `Ok` once they are queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`Transport::send_one_way`].
+    pub fn send_data(&mut self, now: Instant, to: u64, data: Bytes) -> Result<(), RpcError> {
+        let frame = Frame::Data(data).encode();
+        let result = self.check_size(&frame).and_then(|()| self.send_frame(now, to, frame));
+        self.drive_all(now);
+        result
+    }
+
+    /// Closes every connection and fails every pending request; later sends
+    /// fail with [`RpcError::ShuttingDown`]. Keep feeding datagrams and
+    /// timeouts until [`Transport::is_idle`] so peers learn of the close.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shut_down = true;
+        for connection in self.connections.values_mut() {
+            connection.close(now, CLOSE_SHUTDOWN, "node shutting down");
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.deadlines.clear();
+        for call in pending.into_values() {
+            let result = Err(RpcError::ShuttingDown);
+            self.outputs.push_back(TransportOutput::Response { ticket: call.ticket, result });
+        }
+        self.drive_all(now);
+    }
+
+    /// Whether every connection has finished closing.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        self.connections.is_empty()
+    }
+
+    /// A datagram arrived on the socket.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+        self.stats.datagrams_received += 1;
+        self.buffer.clear();
+        match self.endpoint.handle(now, from, None, None, data, &mut self.buffer) {
+            None => {}
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(connection) = self.connections.get_mut(&handle) {
+                    connection.quinn.handle_event(event);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if self.shut_down {
+                    self.endpoint.ignore(incoming);
+                } else {
+                    self.buffer.clear();
+                    match self.endpoint.accept(incoming, now, &mut self.buffer, None) {
+                        Ok((handle, quinn)) => {
+                            self.connections.insert(handle, Connection::new(quinn, None, false));
+                        }
+                        Err(error) => {
+                            self.refused(from, format!("handshake refused: {}", error.cause));
+                            if let Some(transmit) = error.response {
+                                self.push_transmit(&transmit);
+                            }
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(transmit)) => self.push_transmit(&transmit),
+        }
+        self.drive_all(now);
+    }
+
+    /// The time from [`Transport::poll_timeout`] has been reached.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for connection in self.connections.values_mut() {
+            if connection.timeout.is_some_and(|at| at <= now) {
+                connection.quinn.handle_timeout(now);
+            }
+        }
+        while let Some(&(deadline, id)) = self.deadlines.first()
+            && deadline <= now
+        {
+            self.deadlines.pop_first();
+            let call = self.pending.remove(&id).expect("every deadline has its pending call");
+            let result = Err(RpcError::TimedOut { timeout_ms: call.timeout.as_millis() as u64 });
+            self.outputs.push_back(TransportOutput::Response { ticket: call.ticket, result });
+        }
+        let due: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.reconnect_at.is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in due {
+            self.peers.get_mut(&peer).expect("listed above").reconnect_at = None;
+            self.dial_if_waiting(now, peer);
+        }
+        self.drive_all(now);
+    }
+
+    /// When to call [`Transport::handle_timeout`]; `None` if nothing waits.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let connections = self.connections.values().filter_map(|connection| connection.timeout);
+        let deadline = self.deadlines.first().map(|&(deadline, _)| deadline);
+        let reconnects = self.peers.values().filter_map(|peer| peer.reconnect_at);
+        connections.chain(deadline).chain(reconnects).min()
+    }
+
+    /// The next output, `None` when there is nothing more until the next
+    /// input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<TransportOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn check_size(&self, frame: &Bytes) -> Result<(), RpcError> {
+        let body = frame.len() - frame::FRAME_HEADER_BYTES;
+        if body > FRAME_BYTES_MAX {
+            return Err(RpcError::TooLarge { bytes: body, max: FRAME_BYTES_MAX });
+        }
+        Ok(())
+    }
+
+    /// Queues an encoded frame for `to`, dialing if needed.
+    fn send_frame(&mut self, now: Instant, to: u64, frame: Bytes) -> Result<(), RpcError> {
+        if self.shut_down {
+            return Err(RpcError::ShuttingDown);
+        }
+        let peer = self.peers.get_mut(&to).ok_or(RpcError::UnknownPeer(to))?;
+        if let Some(handle) = peer.active {
+            let connection = self.connections.get_mut(&handle).expect("an active connection is open");
+            if connection.queued_bytes + frame.len() > QUEUED_BYTES_MAX {
+                return Err(RpcError::QueueFull(to));
+            }
+            connection.enqueue(frame);
+        } else {
+            if peer.address.is_none() {
+                return Err(RpcError::UnknownPeer(to));
+            }
+            if peer.waiting.len() >= WAITING_FRAMES_MAX {
+                return Err(RpcError::QueueFull(to));
+            }
+            peer.waiting.push_back(frame);
+            self.dial_if_waiting(now, to);
+        }
+        self.stats.frames_sent += 1;
+        Ok(())
+    }
+
+    /// Dials `peer` if frames wait for it, no connection exists or is being
+    /// made, and no reconnect delay is running.
+    fn dial_if_waiting(&mut self, now: Instant, peer_id: u64) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
+        let idle = peer.active.is_none() && peer.dialing.is_none() && peer.reconnect_at.is_none();
+        let (Some(address), true, false) = (peer.address, idle, peer.waiting.is_empty()) else { return };
+        let name = tls::node_name(peer_id);
+        match self.endpoint.connect(now, self.client_config.clone(), address, &name) {
+            Ok((handle, quinn)) => {
+                peer.dialing = Some(handle);
+                self.connections.insert(handle, Connection::new(quinn, Some(peer_id), true));
+            }
+            Err(error) => {
+                let reason = format!("cannot dial {address}: {error}");
+                self.peer_unreachable(now, peer_id, reason);
+            }
+        }
+    }
+
+    /// A dial failed or a connection was lost: fail what waits for the peer
+    /// and schedule the next dial.
+    fn peer_unreachable(&mut self, now: Instant, peer_id: u64, reason: String) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
+        let dropped = peer.waiting.len() as u64;
+        peer.waiting.clear();
+        self.stats.raft_dropped += dropped;
+        peer.reconnect_delay =
+            (peer.reconnect_delay * 2).clamp(self.reconnect_delay_min, self.reconnect_delay_max);
+        peer.reconnect_at = Some(now + peer.reconnect_delay);
+        let failed: Vec<MessageId> =
+            self.pending.iter().filter(|(_, call)| call.to == peer_id).map(|(&id, _)| id).collect();
+        for id in failed {
+            let call = self.pending.remove(&id).expect("listed above");
+            self.deadlines.remove(&(call.deadline, id));
+            let result = Err(RpcError::ConnectionLost { peer: peer_id, reason: reason.clone() });
+            self.outputs.push_back(TransportOutput::Response { ticket: call.ticket, result });
+        }
+        self.outputs.push_back(TransportOutput::Event(TransportEvent::Lost { peer: peer_id, reason }));
+    }
+
+    fn refused(&mut self, address: SocketAddr, reason: String) {
+        self.stats.connections_refused += 1;
+        self.outputs.push_back(TransportOutput::Event(TransportEvent::Refused { address, reason }));
+    }
+
+    fn push_transmit(&mut self, transmit: &quinn_proto::Transmit) {
+        self.stats.transmits_sent += 1;
+        self.outputs.push_back(TransportOutput::Transmit(Transmit {
+            destination: transmit.destination,
+            contents: Bytes::copy_from_slice(&self.buffer[..transmit.size]),
+            segment_size: transmit.segment_size,
+        }));
+    }
+
+    /// Runs every connection until none has anything more to do.
+    fn drive_all(&mut self, now: Instant) {
+        loop {
+            let handles: Vec<ConnectionHandle> = self.connections.keys().copied().collect();
+            let mut progressed = false;
+            for handle in handles {
+                progressed |= self.drive(now, handle);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Processes one connection's events and collects its datagrams.
+    /// Returns whether anything happened that may affect another
+    /// connection.
+    fn drive(&mut self, now: Instant, handle: ConnectionHandle) -> bool {
+        let Some(mut connection) = self.connections.remove(&handle) else { return false };
+        let mut progressed = false;
+        let mut drained = false;
+        loop {
+            let mut busy = false;
+            while let Some(event) = connection.quinn.poll() {
+                busy = true;
+                self.on_connection_event(now, handle, &mut connection, event);
+            }
+            while let Some(event) = connection.quinn.poll_endpoint_events() {
+                busy = true;
+                drained |= event.is_drained();
+                if let Some(event) = self.endpoint.handle_event(handle, event) {
+                    connection.quinn.handle_event(event);
+                }
+            }
+            if !busy {
+                break;
+            }
+            progressed = true;
+        }
+        loop {
+            self.buffer.clear();
+            let Some(transmit) =
+                connection.quinn.poll_transmit(now, self.max_transmit_segments, &mut self.buffer)
+            else {
+                break;
+            };
+            self.push_transmit(&transmit);
+        }
+        connection.timeout = connection.quinn.poll_timeout();
+        if drained {
+            self.forget(now, handle, &connection);
+            progressed = true;
+        } else {
+            self.connections.insert(handle, connection);
+        }
+        progressed
+    }
+
+    /// The connection is gone for good: detach it from its peer.
+    fn forget(&mut self, now: Instant, handle: ConnectionHandle, connection: &Connection) {
+        let Some(peer_id) = connection.peer else { return };
+        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
+        let was_dialing = peer.dialing == Some(handle);
+        let was_active = peer.active == Some(handle);
+        if was_dialing {
+            peer.dialing = None;
+        }
+        if was_active {
+            peer.active = None;
+        }
+        if (was_dialing || was_active) && !self.shut_down {
+            self.peer_unreachable(now, peer_id, "connection closed".to_owned());
+        }
+    }
+
+    fn on_connection_event(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        connection: &mut Connection,
+        event: quinn_proto::Event,
+    ) {
+        use quinn_proto::Event;
+        match event {
+            Event::Connected => {
+                if connection.outbound {
+                    let peer = connection.peer.expect("an outbound connection knows its peer");
+                    connection.identified = true;
+                    // A fresh stream has credit far beyond a hello, so it
+                    // leaves the queue at once and is never moved to another
+                    // connection by `take_unstarted`.
+                    connection.enqueue(Frame::Hello { node_id: self.node_id }.encode());
+                    self.identified(handle, connection, peer);
+                }
+            }
+            Event::ConnectionLost { reason } => {
+                let reason = reason.to_string();
+                if let Some(peer_id) = connection.peer
+                    && let Some(peer) = self.peers.get_mut(&peer_id)
+                    && (peer.active == Some(handle) || peer.dialing == Some(handle))
+                {
+                    if peer.active == Some(handle) {
+                        peer.active = None;
+                    } else {
+                        peer.dialing = None;
+                    }
+                    if !self.shut_down {
+                        self.peer_unreachable(now, peer_id, reason);
+                    }
+                }
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
+                while let Some(stream) = connection.quinn.streams().accept(Dir::Uni) {
+                    if connection.receive.is_some() {
+                        let address = connection.quinn.remote_address();
+                        connection.close(now, CLOSE_PROTOCOL, "second stream");
+                        self.refused(address, "peer opened a second stream".to_owned());
+                        return;
+                    }
+                    connection.receive = Some((stream, FrameDecoder::new()));
+                }
+                self.read(now, handle, connection);
+            }
+            Event::Stream(StreamEvent::Readable { .. }) => self.read(now, handle, connection),
+            Event::Stream(StreamEvent::Writable { .. } | StreamEvent::Available { dir: Dir::Uni }) => {
+                connection.flush();
+            }
+            Event::Stream(StreamEvent::Finished { id }) if connection.send == Some(id) => {
+                connection.sent_all = true;
+                connection.close_if_retired(now);
+            }
+            Event::Stream(StreamEvent::Stopped { .. } | StreamEvent::Finished { .. }) => {
+                let address = connection.quinn.remote_address();
+                connection.close(now, CLOSE_PROTOCOL, "stream stopped");
+                self.refused(address, "peer stopped our stream".to_owned());
+            }
+            Event::HandshakeDataReady
+            | Event::Stream(StreamEvent::Opened { dir: Dir::Bi } | StreamEvent::Available { dir: Dir::Bi })
+            | Event::DatagramReceived
+            | Event::DatagramsUnblocked => {}
+        }
+    }
+
+    /// Reads what arrived on the connection's stream and handles the frames.
+    fn read(&mut self, now: Instant, handle: ConnectionHandle, connection: &mut Connection) {
+        let Some((stream, decoder)) = &mut connection.receive else { return };
+        let mut frames = Vec::new();
+        let mut failure: Option<String> = None;
+        if let Ok(mut chunks) = connection.quinn.recv_stream(*stream).read(true) {
+            loop {
+                match chunks.next(READ_CHUNK_BYTES_MAX) {
+                    Ok(Some(chunk)) => {
+                        decoder.push(&chunk.bytes);
+                        if let Err(error) = drain_frames(decoder, &mut frames) {
+                            failure = Some(error.to_string());
+                            break;
+                        }
+                    }
+                    // The peer ended its stream: it retired this duplicate.
+                    Ok(None) => {
+                        match decoder.finish() {
+                            Ok(()) => connection.received_all = true,
+                            Err(error) => failure = Some(error.to_string()),
+                        }
+                        break;
+                    }
+                    Err(quinn_proto::ReadError::Blocked) => break,
+                    Err(quinn_proto::ReadError::Reset(code)) => {
+                        failure = Some(format!("stream reset with code {code}"));
+                        break;
+                    }
+                }
+            }
+            // Whether to send flow control credit now is decided by
+            // quinn; the next poll_transmit sends it.
+            let _ = chunks.finalize();
+        }
+        self.stats.frames_received += frames.len() as u64;
+        for frame in frames {
+            if connection.closing {
+                return;
+            }
+            self.on_frame(now, handle, connection, frame);
+        }
+        if let Some(reason) = failure {
+            let address = connection.quinn.remote_address();
+            connection.close(now, CLOSE_PROTOCOL, &reason);
+            self.refused(address, reason);
+        }
+        connection.close_if_retired(now);
+    }
+
+    fn on_frame(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        connection: &mut Connection,
+        frame: Frame,
+    ) {
+        let address = connection.quinn.remote_address();
+        let (from, frame) = match (connection.identified, connection.peer, frame) {
+            (false, None, Frame::Hello { node_id }) if !connection.outbound => {
+                match self.check_hello(connection, node_id) {
+                    Ok(()) => {
+                        connection.peer = Some(node_id);
+                        connection.identified = true;
+                        self.identified(handle, connection, node_id);
+                    }
+                    Err(reason) => {
+                        connection.close(now, CLOSE_IDENTITY, &reason);
+                        self.refused(address, reason);
+                    }
+                }
+                return;
+            }
+            (true, Some(peer), frame) if !matches!(frame, Frame::Hello { .. }) => (peer, frame),
+            (_, _, frame) => {
+                let reason = format!("unexpected {} frame", frame_name(&frame));
+                connection.close(now, CLOSE_PROTOCOL, &reason);
+                self.refused(address, reason);
+                return;
+            }
+        };
+        match frame {
+            Frame::Raft(message) => self.outputs.push_back(TransportOutput::Raft { from, message }),
+            Frame::Request { id, payload } => {
+                let request = RpcRequest { message_id: id, from, payload };
+                let payload = match &self.handler {
+                    Some(handler) => handler.call(request),
+                    None => ResponsePayload::Error { message: "no request handler installed".to_owned() },
+                };
+                let mut response = Frame::Response { id, payload }.encode();
+                if response.len() - frame::FRAME_HEADER_BYTES > FRAME_BYTES_MAX {
+                    let payload =
+                        ResponsePayload::Error { message: "response exceeds the frame limit".into() };
+                    response = Frame::Response { id, payload }.encode();
+                }
+                if connection.retiring {
+                    // The caller's pending request fails by its deadline
+                    // if the kept connection cannot take the answer.
+                    let _ = self.send_frame(now, from, response);
+                } else {
+                    connection.enqueue(response);
+                }
+            }
+            Frame::Response { id, payload } => {
+                if self.pending.get(&id).is_some_and(|call| call.to == from) {
+                    let call = self.pending.remove(&id).expect("checked above");
+                    self.deadlines.remove(&(call.deadline, id));
+                    let result = Ok(RpcResponse { message_id: id, payload });
+                    self.outputs.push_back(TransportOutput::Response { ticket: call.ticket, result });
+                }
+            }
+            Frame::OneWay(message) => self.outputs.push_back(TransportOutput::OneWay { from, message }),
+            Frame::Data(data) => self.outputs.push_back(TransportOutput::Data { from, data }),
+            Frame::Hello { .. } => unreachable!("hello frames are matched above"),
+        }
+    }
+
+    /// Checks an inbound hello against the certificate rustls verified.
+    fn check_hello(&self, connection: &Connection, claimed: u64) -> Result<(), String> {
+        if claimed == self.node_id {
+            return Err(format!("peer claims this node's own id {claimed}"));
+        }
+        let identity = connection.quinn.crypto_session().peer_identity();
+        let certificates = identity
+            .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .ok_or_else(|| "peer presented no certificate".to_owned())?;
+        let certificate = certificates.first().ok_or_else(|| "peer presented no certificate".to_owned())?;
+        tls::check_identity(certificate, claimed).map_err(|error| error.to_string())
+    }
+
+    /// A connection to `peer_id` is established (`handle`, not in the map
+    /// while it is being driven). Keeps one connection per peer.
+    fn identified(&mut self, handle: ConnectionHandle, connection: &mut Connection, peer_id: u64) {
+        let peer = self.peers.entry(peer_id).or_default();
+        if peer.dialing == Some(handle) {
+            peer.dialing = None;
+        }
+        peer.reconnect_delay = Duration::ZERO;
+        peer.reconnect_at = None;
+        match peer.active {
+            Some(other) if other != handle => {
+                // Both nodes dialed: keep the connection the lower id dialed,
+                // on both sides alike.
+                let dialer = if connection.outbound { self.node_id } else { peer_id };
+                let other_connection =
+                    self.connections.get_mut(&other).expect("an active connection is open");
+                if dialer == self.node_id.min(peer_id) {
+                    peer.active = Some(handle);
+                    for frame in other_connection.retire() {
+                        connection.enqueue(frame);
+                    }
+                } else {
+                    for frame in connection.retire() {
+                        other_connection.enqueue(frame);
+                    }
+                    return;
+                }
+            }
+            Some(_) => return,
+            None => peer.active = Some(handle),
+        }
+        for frame in std::mem::take(&mut peer.waiting) {
+            connection.enqueue(frame);
+        }
+        self.outputs.push_back(TransportOutput::Event(TransportEvent::Connected { peer: peer_id }));
+    }
+}
+
+fn drain_frames(decoder: &mut FrameDecoder, frames: &mut Vec<Frame>) -> Result<(), FrameError> {
+    while let Some(frame) = decoder.next_frame()? {
+        frames.push(frame);
+    }
+    Ok(())
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello { .. } => "hello",
+        Frame::Raft(_) => "raft",
+        Frame::Request { .. } => "request",
+        Frame::Response { .. } => "response",
+        Frame::OneWay(_) => "one-way",
+        Frame::Data(_) => "data",
+    }
+}
