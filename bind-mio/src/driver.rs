@@ -2,9 +2,13 @@
 //! what it asks for. It decides nothing.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use octopii_core::disk::DiskCompletion;
+use octopii_core::transport::rpc::OneWayMessage;
+use octopii_core::transport::{Transmit, TransportEvent};
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
 
 use crate::disk::{DiskThread, FileDisk};
@@ -23,12 +27,35 @@ pub enum Executor {
     Thread(DiskThread),
 }
 
-/// Owns a kernel and its disk executor, and delivers replies.
+/// Something a peer sent for the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A one-way message.
+    OneWay {
+        /// The sender.
+        from: u64,
+        /// The message.
+        message: OneWayMessage,
+    },
+    /// Opaque bytes.
+    Data {
+        /// The sender.
+        from: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+}
+
+/// Owns a kernel and its disk executor, and delivers replies. Datagrams to
+/// send and deliveries for the application are collected for the loop,
+/// which owns the socket.
 pub struct Driver {
     kernel: Kernel,
     executor: Executor,
     waiters: BTreeMap<CommandId, ReplySink>,
     next_command: u64,
+    transmits: Vec<Transmit>,
+    deliveries: Vec<Delivery>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -44,7 +71,14 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Takes over a freshly built kernel and executes its first outputs.
     pub fn new(kernel: Kernel, executor: Executor) -> Self {
-        let mut driver = Self { kernel, executor, waiters: BTreeMap::new(), next_command: 0 };
+        let mut driver = Self {
+            kernel,
+            executor,
+            waiters: BTreeMap::new(),
+            next_command: 0,
+            transmits: Vec::new(),
+            deliveries: Vec::new(),
+        };
         driver.drain();
         driver
     }
@@ -64,6 +98,36 @@ impl Driver {
         for completion in completions {
             self.kernel.handle_input(now, Input::Disk(completion));
         }
+    }
+
+    /// Passes a datagram that arrived on the node's socket.
+    pub fn datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+        self.kernel.handle_input(now, Input::Datagram { from, data });
+    }
+
+    /// Installs the handler for incoming RPC requests.
+    pub fn set_request_handler(&mut self, handler: octopii_core::transport::rpc::RequestHandler) {
+        self.kernel.set_request_handler(handler);
+    }
+
+    /// Starts an orderly stop: see [`Kernel::shutdown`].
+    pub fn shutdown(&mut self, now: Instant) {
+        self.kernel.shutdown(now);
+    }
+
+    /// The datagrams to send, in order, since the last call.
+    pub fn take_transmits(&mut self) -> Vec<Transmit> {
+        std::mem::take(&mut self.transmits)
+    }
+
+    /// What peers sent for the application since the last call.
+    pub fn take_deliveries(&mut self) -> Vec<Delivery> {
+        std::mem::take(&mut self.deliveries)
+    }
+
+    /// The kernel, for reading its state.
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
     }
 
     /// Passes a timeout if the kernel's timer has expired at `now`.
@@ -97,8 +161,13 @@ impl Driver {
                         sink(reply);
                     }
                     Output::Event(event) => report(&event),
+                    Output::Transmit(transmit) => self.transmits.push(transmit),
+                    Output::OneWay { from, message } => {
+                        self.deliveries.push(Delivery::OneWay { from, message })
+                    }
+                    Output::Data { from, data } => self.deliveries.push(Delivery::Data { from, data }),
                     Output::Send { to, .. } => {
-                        tracing::warn!(to, "no transport yet: raft message dropped")
+                        tracing::warn!(to, "kernel without transport: raft message dropped")
                     }
                 }
             }
@@ -127,5 +196,12 @@ fn report(event: &Event) {
         Event::Replica(event) => tracing::debug!(?event, "raft"),
         Event::NodeFailed(error) => tracing::error!(%error, "node stopped"),
         Event::CompactionFailed(error) => tracing::warn!(%error, "log compaction failed"),
+        Event::Transport(TransportEvent::Connected { peer }) => tracing::debug!(peer, "connected"),
+        Event::Transport(TransportEvent::Lost { peer, reason }) => {
+            tracing::debug!(peer, %reason, "connection lost")
+        }
+        Event::Transport(TransportEvent::Refused { address, reason }) => {
+            tracing::warn!(%address, %reason, "connection refused")
+        }
     }
 }

@@ -10,7 +10,9 @@
 
 pub mod disk;
 pub mod driver;
+pub mod node;
 mod wal;
 
+pub use node::{LoopError, Node, NodeOptions};
 pub use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError, WalStats};
 pub use wal::{Error, WriteAheadLog};

@@ -114,7 +114,9 @@ impl StepNode {
                 Output::Disk(op) => self.ops.push_back(op),
                 Output::Reply { id, reply } => self.replies.push((id, reply)),
                 Output::Event(event) => self.events.push(event),
-                Output::Send { .. } => unreachable!("a standalone log sends no messages"),
+                Output::Send { .. } | Output::Transmit(_) | Output::OneWay { .. } | Output::Data { .. } => {
+                    unreachable!("a standalone log sends no messages")
+                }
             }
         }
     }

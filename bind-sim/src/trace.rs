@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::Bytes;
 use octopii_core::disk::{DiskDone, DiskFailure, DiskOp};
 use octopii_core::{Command, Input, Output, Reply};
 
@@ -65,7 +64,7 @@ impl Trace {
 }
 
 /// A short, stable description of bytes: length and checksum.
-fn bytes_digest(bytes: &Bytes) -> String {
+fn bytes_digest(bytes: &[u8]) -> String {
     format!("len={} crc={:08x}", bytes.len(), crc32fast::hash(bytes))
 }
 
@@ -98,6 +97,7 @@ pub fn describe_input(input: &Input) -> String {
             format!("done io={} {}", completion.io.0, describe_result(&completion.result))
         }
         Input::Message { from, message } => format!("msg from={from} {}", bytes_digest(message)),
+        Input::Datagram { from, data } => format!("datagram from={from} {}", bytes_digest(data)),
         Input::Timeout => String::from("timeout"),
     }
 }
@@ -122,5 +122,10 @@ pub fn describe_output(output: &Output) -> String {
         Output::Reply { id, reply } => format!("reply#{} {reply:?}", id.0),
         Output::Event(event) => format!("event {event:?}"),
         Output::Send { to, message } => format!("send to={to} {}", bytes_digest(message)),
+        Output::Transmit(transmit) => {
+            format!("transmit to={} {}", transmit.destination, bytes_digest(&transmit.contents))
+        }
+        Output::OneWay { from, message } => format!("one-way from={from} {message:?}"),
+        Output::Data { from, data } => format!("data from={from} {}", bytes_digest(data)),
     }
 }

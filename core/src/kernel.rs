@@ -17,14 +17,19 @@
 //! before it).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::disk::{DiskCompletion, DiskOp, IoError};
 use crate::node::{Membership, Node, NodeStatus};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeConfig, NodeConfigError, NodeError, ReplicaEvent};
+use crate::transport::rpc::{OneWayMessage, RequestHandler, RequestPayload, RpcError, RpcResponse};
+use crate::transport::{
+    Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent, TransportOutput,
+};
 use crate::wal::{RecoveryReport, Wal, WalConfig, WalConfigError, WalEntry, WalError, WalEvent, WalStats};
 
 /// Everything a kernel needs to start.
@@ -102,6 +107,38 @@ pub enum Command {
     ForceSnapshot(u64),
     /// Answered at once with [`Reply::Status`].
     Status,
+    /// Send an RPC request to a peer; answered with [`Reply::Response`]
+    /// when its response arrives, the connection is lost or `timeout`
+    /// passes.
+    Request {
+        /// The peer.
+        to: u64,
+        /// What to ask.
+        payload: RequestPayload,
+        /// How long to wait for the response.
+        timeout: Duration,
+    },
+    /// Send a one-way message; answered with [`Reply::Sent`] once queued.
+    SendOneWay {
+        /// The peer.
+        to: u64,
+        /// The message.
+        message: OneWayMessage,
+    },
+    /// Send opaque bytes; answered with [`Reply::Sent`] once queued.
+    SendData {
+        /// The peer.
+        to: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Set where a peer listens; answered with [`Reply::Sent`].
+    UpdatePeerAddr {
+        /// The peer.
+        node: u64,
+        /// Its address.
+        address: SocketAddr,
+    },
 }
 
 /// The answer to a [`Command`].
@@ -133,6 +170,10 @@ pub enum Reply {
     Done(Result<(), NodeError>),
     /// The node's view of the cluster.
     Status(Result<NodeStatus, NodeError>),
+    /// A peer's response to [`Command::Request`].
+    Response(Result<RpcResponse, RpcError>),
+    /// The message is queued for the peer.
+    Sent(Result<(), RpcError>),
 }
 
 /// Something that happened, for logs and metrics. Bindings report events;
@@ -158,6 +199,8 @@ pub enum Event {
     /// The node stopped: its storage failed or its state could not be
     /// rebuilt. Every later request fails with this error.
     NodeFailed(NodeError),
+    /// Something happened to a connection.
+    Transport(TransportEvent),
 }
 
 /// One input to [`Kernel::handle_input`].
@@ -180,6 +223,13 @@ pub enum Input {
         /// The encoded message.
         message: Bytes,
     },
+    /// A UDP datagram arrived for the transport.
+    Datagram {
+        /// The sender's address.
+        from: SocketAddr,
+        /// The datagram.
+        data: BytesMut,
+    },
     /// The time from [`Kernel::poll_timeout`] has been reached.
     Timeout,
 }
@@ -195,6 +245,22 @@ pub enum Output {
         to: u64,
         /// The encoded message.
         message: Bytes,
+    },
+    /// Send this datagram from the node's UDP socket.
+    Transmit(Transmit),
+    /// A one-way message from a peer, for the application.
+    OneWay {
+        /// The sender.
+        from: u64,
+        /// The message.
+        message: OneWayMessage,
+    },
+    /// Opaque bytes from a peer, for the application.
+    Data {
+        /// The sender.
+        from: u64,
+        /// The bytes.
+        data: Bytes,
     },
     /// Deliver this to the caller of command `id`.
     Reply {
@@ -214,6 +280,8 @@ pub enum TimerReason {
     WalSyncOverdue,
     /// A Raft tick or a request deadline.
     Replica,
+    /// A QUIC timer, an RPC deadline or a reconnect.
+    Transport,
 }
 
 #[derive(Debug)]
@@ -246,6 +314,17 @@ pub enum KernelConfigError {
     /// The node's configuration is invalid.
     #[error(transparent)]
     Node(#[from] NodeConfigError),
+    /// The transport's configuration is invalid.
+    #[error(transparent)]
+    Transport(#[from] TransportConfigError),
+    /// The transport's node id differs from the node's.
+    #[error("transport is configured for node {transport}, the node is {node}")]
+    NodeIdMismatch {
+        /// The transport's id.
+        transport: u64,
+        /// The node's id.
+        node: u64,
+    },
 }
 
 /// A node's state machine. See the module documentation for the loop.
@@ -253,6 +332,7 @@ pub enum KernelConfigError {
 pub struct Kernel {
     wal: Wal,
     node: Option<Node>,
+    transport: Option<Transport>,
     recovered: Option<Result<RecoveryReport, WalError>>,
     queued: VecDeque<(CommandId, Command)>,
     open_waiters: Vec<CommandId>,
@@ -290,10 +370,60 @@ impl Kernel {
         Ok(Self::build(config, Some(Node::new(node, state_machine))))
     }
 
+    /// Creates a replicated node that talks to its peers over QUIC: Raft
+    /// messages leave as datagrams ([`Output::Transmit`]) instead of
+    /// [`Output::Send`], and RPC commands work.
+    ///
+    /// # Errors
+    ///
+    /// An invalid config, or a transport for another node id.
+    pub fn new_networked_node(
+        config: KernelConfig,
+        node: NodeConfig,
+        state_machine: StateMachine,
+        transport: TransportConfig,
+    ) -> Result<Self, KernelConfigError> {
+        if transport.node_id != node.id {
+            return Err(KernelConfigError::NodeIdMismatch { transport: transport.node_id, node: node.id });
+        }
+        let transport = Transport::new(transport)?;
+        let mut kernel = Self::new_node(config, node, state_machine)?;
+        kernel.transport = Some(transport);
+        Ok(kernel)
+    }
+
+    /// Installs the handler for incoming RPC requests, replacing any earlier
+    /// one. Without a handler, requests are answered with an error payload.
+    pub fn set_request_handler(&mut self, handler: RequestHandler) {
+        if let Some(transport) = &mut self.transport {
+            transport.set_request_handler(handler);
+        }
+    }
+
+    /// Stops serving: pending node requests fail with
+    /// [`NodeError::ShuttingDown`], connections close (their close frames
+    /// are among the next outputs) and pending RPC requests fail.
+    pub fn shutdown(&mut self, now: Instant) {
+        if let Some(node) = &mut self.node {
+            node.fail(NodeError::ShuttingDown);
+        }
+        if let Some(transport) = &mut self.transport {
+            transport.shutdown(now);
+        }
+        self.collect(Some(now));
+    }
+
+    /// The transport, for its counters and connection state.
+    #[must_use]
+    pub fn transport(&self) -> Option<&Transport> {
+        self.transport.as_ref()
+    }
+
     fn build(config: KernelConfig, node: Option<Node>) -> Self {
         let mut kernel = Self {
             wal: Wal::new(config.wal),
             node,
+            transport: None,
             recovered: None,
             queued: VecDeque::new(),
             open_waiters: Vec::new(),
@@ -330,10 +460,20 @@ impl Kernel {
                     node.handle_message(now, from, &message, &mut self.wal);
                 }
             }
+            Input::Datagram { from, data } => {
+                if let Some(transport) = &mut self.transport {
+                    transport.handle_datagram(now, from, data);
+                }
+            }
             Input::Timeout => {
                 self.wal.handle_timeout(now);
                 if let Some(node) = &mut self.node {
                     node.handle_timeout(now, &mut self.wal);
+                }
+                if let Some(transport) = &mut self.transport
+                    && transport.poll_timeout().is_some_and(|at| at <= now)
+                {
+                    transport.handle_timeout(now);
                 }
             }
         }
@@ -353,10 +493,9 @@ impl Kernel {
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
         let wal = self.wal.poll_timeout().map(|at| (at, TimerReason::WalSyncOverdue));
         let node = self.node.as_ref().and_then(Node::poll_timeout).map(|at| (at, TimerReason::Replica));
-        match (wal, node) {
-            (Some(wal), Some(node)) => Some(if node.0 < wal.0 { node } else { wal }),
-            (wal, node) => wal.or(node),
-        }
+        let transport =
+            self.transport.as_ref().and_then(Transport::poll_timeout).map(|at| (at, TimerReason::Transport));
+        [wal, node, transport].into_iter().flatten().min_by_key(|&(at, _)| at)
     }
 
     fn reply(&mut self, id: CommandId, reply: Reply) {
@@ -371,6 +510,10 @@ impl Kernel {
     }
 
     fn execute(&mut self, now: Instant, id: CommandId, command: Command) {
+        let command = match self.execute_transport(now, id, command) {
+            Some(command) => command,
+            None => return,
+        };
         let node_command = matches!(
             command,
             Command::Propose(_)
@@ -447,6 +590,50 @@ impl Kernel {
         }
     }
 
+    /// Runs a transport command; returns any other command untouched.
+    fn execute_transport(&mut self, now: Instant, id: CommandId, command: Command) -> Option<Command> {
+        let transport_command = matches!(
+            command,
+            Command::Request { .. }
+                | Command::SendOneWay { .. }
+                | Command::SendData { .. }
+                | Command::UpdatePeerAddr { .. }
+        );
+        if !transport_command {
+            return Some(command);
+        }
+        let Some(transport) = &mut self.transport else {
+            let reply = match command {
+                Command::Request { .. } => Reply::Response(Err(RpcError::NoTransport)),
+                _ => Reply::Sent(Err(RpcError::NoTransport)),
+            };
+            self.reply(id, reply);
+            return None;
+        };
+        match command {
+            Command::Request { to, payload, timeout } => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.tickets.insert(ticket, Ticket::Command(id));
+                transport.request(now, ticket, to, payload, timeout);
+            }
+            Command::SendOneWay { to, message } => {
+                let result = transport.send_one_way(now, to, message);
+                self.reply(id, Reply::Sent(result));
+            }
+            Command::SendData { to, data } => {
+                let result = transport.send_data(now, to, data);
+                self.reply(id, Reply::Sent(result));
+            }
+            Command::UpdatePeerAddr { node, address } => {
+                transport.update_peer_addr(now, node, address);
+                self.reply(id, Reply::Sent(Ok(())));
+            }
+            _ => unreachable!("only transport commands reach here"),
+        }
+        None
+    }
+
     /// Holds the reply to a command until sequence number `seq` is durable.
     fn wait_durable(
         &mut self,
@@ -469,16 +656,42 @@ impl Kernel {
                 self.on_wal_event(now, event);
                 continue;
             }
-            let Some(node) = &mut self.node else { break };
-            let Some(output) = node.poll_output() else { break };
-            self.on_node_output(now, output);
+            if let Some(output) = self.node.as_mut().and_then(Node::poll_output) {
+                self.on_node_output(now, output);
+                continue;
+            }
+            let Some(output) = self.transport.as_mut().and_then(Transport::poll_output) else { break };
+            self.on_transport_output(now, output);
+        }
+    }
+
+    fn on_transport_output(&mut self, now: Option<Instant>, output: TransportOutput) {
+        match output {
+            TransportOutput::Transmit(transmit) => self.outputs.push_back(Output::Transmit(transmit)),
+            TransportOutput::Raft { from, message } => {
+                let now = now.expect("messages arrive on an input");
+                let node = self.node.as_mut().expect("a transport only runs in a node");
+                node.handle_message(now, from, &message, &mut self.wal);
+            }
+            TransportOutput::Response { ticket, result } => match self.tickets.remove(&ticket) {
+                Some(Ticket::Command(id)) => self.reply(id, Reply::Response(result)),
+                owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
+            },
+            TransportOutput::OneWay { from, message } => {
+                self.outputs.push_back(Output::OneWay { from, message })
+            }
+            TransportOutput::Data { from, data } => self.outputs.push_back(Output::Data { from, data }),
+            TransportOutput::Event(event) => self.outputs.push_back(Output::Event(Event::Transport(event))),
         }
     }
 
     fn on_node_output(&mut self, now: Option<Instant>, output: crate::node::NodeOutput) {
         use crate::node::NodeOutput;
         match output {
-            NodeOutput::Send { to, message } => self.outputs.push_back(Output::Send { to, message }),
+            NodeOutput::Send { to, message } => match (&mut self.transport, now) {
+                (Some(transport), Some(now)) => transport.send_raft(now, to, message),
+                _ => self.outputs.push_back(Output::Send { to, message }),
+            },
             NodeOutput::Reply { ticket, reply } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, reply),
                 owner => panic!("node answered ticket {ticket} owned by {owner:?}"),

@@ -367,7 +367,9 @@ impl WalSim {
             }
             Output::Reply { id, reply } => self.on_reply(id, reply),
             Output::Event(event) => self.on_event(event),
-            Output::Send { .. } => unreachable!("a standalone log sends no messages"),
+            Output::Send { .. } | Output::Transmit(_) | Output::OneWay { .. } | Output::Data { .. } => {
+                unreachable!("a standalone log sends no messages")
+            }
         }
     }
 
@@ -471,7 +473,7 @@ impl WalSim {
             Event::WalRecoveryFailed(_) => {}
             Event::WalSyncOverdue { .. } => self.summary.syncs_overdue += 1,
             Event::WalRecovered(_) => {}
-            Event::Replica(_) | Event::NodeFailed(_) | Event::CompactionFailed(_) => {
+            Event::Replica(_) | Event::NodeFailed(_) | Event::CompactionFailed(_) | Event::Transport(_) => {
                 self.violate(format!("a standalone log reported a node event: {event:?}"))
             }
         }

@@ -1,0 +1,188 @@
+//! Three nodes on the blocking loop, talking QUIC over real UDP sockets on
+//! 127.0.0.1: election, replication, a leader killed and restarted, RPC.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use octopii_core::raft::NodeConfig;
+use octopii_core::raft::state_machine::KvStateMachine;
+use octopii_core::transport::TransportConfig;
+use octopii_core::transport::rpc::{
+    OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError,
+};
+use octopii_core::transport::tls::DevCa;
+use octopii_core::{Command, KernelConfig, Reply};
+use octopii_mio::driver::Delivery;
+use octopii_mio::{Node, NodeOptions};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    ca: DevCa,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, Node>,
+    starts: u8,
+}
+
+impl Cluster {
+    fn new(ids: &[u64]) -> Self {
+        let mut cluster = Cluster {
+            ca: DevCa::from_seed([3; 32]).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            nodes: BTreeMap::new(),
+            starts: 0,
+        };
+        for &id in ids {
+            cluster.start(id, ids);
+        }
+        cluster.exchange_addresses();
+        cluster
+    }
+
+    fn start(&mut self, id: u64, voters: &[u64]) {
+        self.starts += 1;
+        let identity = self.ca.identity(id, [id as u8; 32]).unwrap();
+        let crypto = Arc::new(rustls::crypto::ring::default_provider());
+        let time = Arc::new(rustls::time_provider::DefaultTimeProvider);
+        let transport = TransportConfig::new(id, identity, crypto, time, [self.starts; 32]);
+        let node = NodeConfig {
+            id,
+            voters: voters.to_vec(),
+            seed: id,
+            tick_interval: Duration::from_millis(20),
+            ..NodeConfig::default()
+        };
+        let options = NodeOptions {
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            bind_addr: "127.0.0.1:0".parse().unwrap(),
+            kernel: KernelConfig::default(),
+            node,
+            transport,
+            state_machine: Arc::new(KvStateMachine::default()),
+        };
+        std::fs::create_dir_all(&options.data_dir).unwrap();
+        self.nodes.insert(id, Node::start(options).unwrap());
+    }
+
+    fn exchange_addresses(&self) {
+        let addresses: Vec<(u64, SocketAddr)> =
+            self.nodes.values().map(|node| (node.id(), node.local_addr())).collect();
+        for node in self.nodes.values() {
+            for &(peer, address) in &addresses {
+                let reply = node.call(Command::UpdatePeerAddr { node: peer, address }).unwrap();
+                assert_eq!(reply, Reply::Sent(Ok(())));
+            }
+        }
+    }
+
+    fn leader(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for node in self.nodes.values() {
+                if let Reply::Status(Ok(status)) = node.call(Command::Status).unwrap()
+                    && status.is_leader()
+                {
+                    return node.id();
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn propose(&self, command: &str) -> Bytes {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = self.leader();
+            match self.nodes[&leader].call(Command::Propose(Bytes::from(command.to_owned()))).unwrap() {
+                Reply::Proposed(Ok(Ok(result))) => return result,
+                other => assert!(Instant::now() < deadline, "proposal failed: {other:?}"),
+            }
+        }
+    }
+
+    fn read_everywhere(&self, key: &str, expected: &str) {
+        let deadline = Instant::now() + WAIT;
+        for node in self.nodes.values() {
+            loop {
+                let reply = node.call(Command::Query(Bytes::from(format!("GET {key}")))).unwrap();
+                if reply == Reply::Queried(Ok(Ok(Bytes::from(expected.to_owned())))) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} never applied {key}: {reply:?}", node.id());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn data_dir_exists(path: &Path) -> bool {
+    path.join("LOCK").exists() || path.exists()
+}
+
+#[test]
+fn a_three_node_cluster_elects_replicates_and_survives_a_leader_restart() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    assert_eq!(cluster.propose("SET a 1"), Bytes::from_static(b"OK"));
+    cluster.read_everywhere("a", "1");
+
+    let old_leader = cluster.leader();
+    cluster.nodes.remove(&old_leader).unwrap().shutdown();
+    assert_eq!(cluster.propose("SET b 2"), Bytes::from_static(b"OK"));
+    assert_ne!(cluster.leader(), old_leader);
+
+    // The old leader comes back on a new port, from its own log.
+    assert!(data_dir_exists(&cluster.dir.path().join(format!("node-{old_leader}"))));
+    cluster.start(old_leader, &[1, 2, 3]);
+    cluster.exchange_addresses();
+    cluster.read_everywhere("a", "1");
+    cluster.read_everywhere("b", "2");
+    assert_eq!(cluster.propose("SET c 3"), Bytes::from_static(b"OK"));
+    cluster.read_everywhere("c", "3");
+}
+
+#[test]
+fn rpc_requests_one_way_messages_and_timeouts_between_nodes() {
+    let cluster = Cluster::new(&[1, 2]);
+    cluster.nodes[&2]
+        .set_request_handler(RequestHandler::new(|request| match request.payload {
+            RequestPayload::Custom { operation, data } if operation == "upper" => {
+                ResponsePayload::CustomResponse {
+                    success: true,
+                    data: Bytes::from(data.to_ascii_uppercase()),
+                }
+            }
+            RequestPayload::Custom { operation, .. } if operation == "sleep" => {
+                std::thread::sleep(Duration::from_millis(400));
+                ResponsePayload::CustomResponse { success: true, data: Bytes::new() }
+            }
+            _ => ResponsePayload::Error { message: "unknown".into() },
+        }))
+        .unwrap();
+    let request = |operation: &str, timeout: Duration| {
+        let payload =
+            RequestPayload::Custom { operation: operation.into(), data: Bytes::from_static(b"quic") };
+        cluster.nodes[&1].call(Command::Request { to: 2, payload, timeout }).unwrap()
+    };
+    let Reply::Response(Ok(response)) = request("upper", WAIT) else { panic!("no response") };
+    assert_eq!(
+        response.payload,
+        ResponsePayload::CustomResponse { success: true, data: Bytes::from_static(b"QUIC") }
+    );
+    assert_eq!(
+        request("sleep", Duration::from_millis(100)),
+        Reply::Response(Err(RpcError::TimedOut { timeout_ms: 100 }))
+    );
+
+    let message = OneWayMessage::Custom { operation: "note".into(), data: Bytes::from_static(b"hi") };
+    let sent = cluster.nodes[&1].call(Command::SendOneWay { to: 2, message: message.clone() }).unwrap();
+    assert_eq!(sent, Reply::Sent(Ok(())));
+    assert_eq!(cluster.nodes[&2].recv_delivery(WAIT), Some(Delivery::OneWay { from: 1, message }));
+
+    let unknown = cluster.nodes[&1].call(Command::SendData { to: 9, data: Bytes::new() }).unwrap();
+    assert_eq!(unknown, Reply::Sent(Err(RpcError::UnknownPeer(9))));
+}
