@@ -9,7 +9,10 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
 use bytes::BytesMut;
-use octopii_core::disk::{DiskCompletion, DiskDone, DiskFailure, DiskOp, FileName, ListedFile};
+use octopii_core::disk::{
+    DiskCompletion, DiskDone, DiskFailure, DiskOp, DiskOpKind, FileName, IoError, ListedFile,
+};
+use octopii_core::transport::chunk::FileRead;
 
 /// Name of the lock file that keeps two processes out of one directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
@@ -186,4 +189,24 @@ impl Drop for DiskThread {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Reads up to `len` bytes of `path` at `offset`, for a transfer's
+/// [`Output::ReadFile`](octopii_core::Output::ReadFile).
+///
+/// # Errors
+///
+/// The file cannot be opened or read.
+pub fn read_file_piece(path: &Path, offset: u64, len: usize) -> Result<FileRead, IoError> {
+    let fail = |error: io::Error| IoError {
+        op: DiskOpKind::Read,
+        file: path.display().to_string(),
+        failure: error.into(),
+    };
+    let file = File::open(path).map_err(fail)?;
+    let file_len = file.metadata().map_err(fail)?.len();
+    let available = usize::try_from(file_len.saturating_sub(offset)).unwrap_or(usize::MAX);
+    let mut data = vec![0; len.min(available)];
+    file.read_exact_at(&mut data, offset).map_err(fail)?;
+    Ok(FileRead { data: data.into(), file_len })
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use octopii_core::disk::DiskCompletion;
+use octopii_core::transport::chunk::{TransferError, TransferId};
 use octopii_core::transport::rpc::OneWayMessage;
 use octopii_core::transport::{Transmit, TransportEvent};
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
@@ -43,6 +44,30 @@ pub enum Delivery {
         from: u64,
         /// The bytes.
         data: Bytes,
+    },
+    /// A peer started a transfer; its body follows as
+    /// [`Delivery::ChunkData`], then [`Delivery::ChunkReceived`].
+    ChunkIncoming {
+        /// The sender.
+        from: u64,
+        /// Names the transfer.
+        transfer: TransferId,
+        /// The body's size.
+        size: u64,
+    },
+    /// The next piece of a transfer's body, not yet verified.
+    ChunkData {
+        /// The transfer.
+        transfer: TransferId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The transfer ended: the body matched its SHA-256 digest, or why not.
+    ChunkReceived {
+        /// The transfer.
+        transfer: TransferId,
+        /// The verified size, or the failure.
+        result: Result<u64, TransferError>,
     },
 }
 
@@ -148,6 +173,7 @@ impl Driver {
     pub fn drain(&mut self) {
         loop {
             let mut completed = Vec::new();
+            let mut reads = Vec::new();
             while let Some(output) = self.kernel.poll_output() {
                 match output {
                     Output::Disk(op) => match &mut self.executor {
@@ -166,15 +192,33 @@ impl Driver {
                         self.deliveries.push(Delivery::OneWay { from, message })
                     }
                     Output::Data { from, data } => self.deliveries.push(Delivery::Data { from, data }),
+                    // Reads of a file being sent come from the page cache
+                    // in the common case; they run here, in order.
+                    Output::ReadFile { transfer, path, offset, len } => {
+                        reads.push((transfer, crate::disk::read_file_piece(&path, offset, len)));
+                    }
+                    Output::ChunkIncoming { from, transfer, size } => {
+                        self.deliveries.push(Delivery::ChunkIncoming { from, transfer, size })
+                    }
+                    Output::ChunkData { transfer, data } => {
+                        self.deliveries.push(Delivery::ChunkData { transfer, data })
+                    }
+                    Output::ChunkReceived { transfer, result } => {
+                        self.deliveries.push(Delivery::ChunkReceived { transfer, result })
+                    }
                     Output::Send { to, .. } => {
                         tracing::warn!(to, "kernel without transport: raft message dropped")
                     }
                 }
             }
-            if completed.is_empty() {
+            if completed.is_empty() && reads.is_empty() {
                 return;
             }
-            self.disk_done(Instant::now(), completed);
+            let now = Instant::now();
+            for (transfer, result) in reads {
+                self.kernel.handle_input(now, Input::FileRead { transfer, result });
+            }
+            self.disk_done(now, completed);
         }
     }
 

@@ -34,6 +34,32 @@ const UNSENT_DATAGRAMS_MAX: usize = 4096;
 /// How long a stopping node keeps its socket to tell peers it is leaving.
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(50);
 
+/// Bytes the kernel may buffer for the node's socket each way: a burst of
+/// QUIC datagrams arrives faster than a loop turn, and a datagram the
+/// kernel drops costs a retransmission and a smaller congestion window.
+/// Linux caps it at `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Binds a non-blocking UDP socket with [`SOCKET_BUFFER_BYTES`] of kernel
+/// buffer each way (or as much as the system allows).
+///
+/// # Errors
+///
+/// The address cannot be bound.
+pub fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer only costs throughput.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
 /// Everything a node needs to start.
 pub struct NodeOptions {
     /// Where the node's log lives (locked while the node runs).
@@ -110,7 +136,7 @@ impl Node {
             options.transport,
         )?;
         let disk = FileDisk::open(&options.data_dir)?;
-        let mut socket = UdpSocket::bind(options.bind_addr)?;
+        let mut socket = UdpSocket::from_std(bind_udp(options.bind_addr)?);
         let local_addr = socket.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut socket, SOCKET, Interest::READABLE)?;

@@ -186,3 +186,85 @@ fn rpc_requests_one_way_messages_and_timeouts_between_nodes() {
     let unknown = cluster.nodes[&1].call(Command::SendData { to: 9, data: Bytes::new() }).unwrap();
     assert_eq!(unknown, Reply::Sent(Err(RpcError::UnknownPeer(9))));
 }
+
+/// Sends `path` to `to` from `from`; the receiver hashes what arrives as it
+/// arrives (never holding the body) and the digest is compared with the
+/// file's.
+#[test]
+fn a_one_gib_file_reaches_two_peers_verified_by_sha256() {
+    use octopii_core::transport::chunk::ChunkSource;
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+
+    let cluster = Cluster::new(&[1, 2, 3]);
+    let size: u64 =
+        std::env::var("OCTOPII_TRANSFER_BYTES").ok().and_then(|bytes| bytes.parse().ok()).unwrap_or(1 << 30);
+    let path = cluster.dir.path().join("payload.bin");
+    let mut expected = Sha256::new();
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut block = vec![0u8; 1 << 20];
+        for index in 0..size.div_ceil(block.len() as u64) {
+            for (offset, byte) in block.iter_mut().enumerate() {
+                *byte = (index as usize * 31 + offset * 7) as u8;
+            }
+            let take = (size - index * block.len() as u64).min(block.len() as u64) as usize;
+            file.write_all(&block[..take]).unwrap();
+            expected.update(&block[..take]);
+        }
+    }
+    let expected = expected.finalize();
+
+    let started = Instant::now();
+    let receivers: Vec<_> = [2u64, 3]
+        .into_iter()
+        .map(|peer| {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            let source = ChunkSource::File(path.clone());
+            cluster.nodes[&1]
+                .submit(
+                    Command::SendChunk { to: peer, source },
+                    Box::new(move |result| drop(reply.send(result))),
+                )
+                .unwrap();
+            (peer, answer)
+        })
+        .collect();
+    let mut digests = BTreeMap::new();
+    for peer in [2u64, 3] {
+        let node = &cluster.nodes[&peer];
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        loop {
+            match node.recv_delivery(WAIT).expect("transfer stalled") {
+                Delivery::ChunkIncoming { from, size: announced, .. } => {
+                    assert_eq!((from, announced), (1, size));
+                }
+                Delivery::ChunkData { data, .. } => {
+                    received += data.len() as u64;
+                    hasher.update(&data);
+                }
+                Delivery::ChunkReceived { result, .. } => {
+                    assert_eq!(result, Ok(size));
+                    break;
+                }
+                other => panic!("unexpected delivery {other:?}"),
+            }
+        }
+        assert_eq!(received, size);
+        digests.insert(peer, hasher.finalize());
+    }
+    for (peer, answer) in receivers {
+        let reply = answer.recv_timeout(WAIT).unwrap();
+        let Reply::ChunkSent(Ok(report)) = reply else { panic!("transfer to {peer} failed: {reply:?}") };
+        assert_eq!(report.bytes, size);
+        assert!(digests[&peer] == expected, "node {peer} received other bytes");
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "sent {} MiB to two peers in {:.2?} ({:.0} MiB/s per peer)",
+        size >> 20,
+        elapsed,
+        (size >> 20) as f64 / elapsed.as_secs_f64()
+    );
+}

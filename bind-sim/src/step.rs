@@ -114,9 +114,7 @@ impl StepNode {
                 Output::Disk(op) => self.ops.push_back(op),
                 Output::Reply { id, reply } => self.replies.push((id, reply)),
                 Output::Event(event) => self.events.push(event),
-                Output::Send { .. } | Output::Transmit(_) | Output::OneWay { .. } | Output::Data { .. } => {
-                    unreachable!("a standalone log sends no messages")
-                }
+                other => unreachable!("a standalone log has no network: {other:?}"),
             }
         }
     }

@@ -98,6 +98,10 @@ pub fn describe_input(input: &Input) -> String {
         }
         Input::Message { from, message } => format!("msg from={from} {}", bytes_digest(message)),
         Input::Datagram { from, data } => format!("datagram from={from} {}", bytes_digest(data)),
+        Input::FileRead { transfer, result: Ok(read) } => {
+            format!("file read transfer={} {}", transfer.0, bytes_digest(&read.data))
+        }
+        Input::FileRead { transfer, result: Err(error) } => format!("file read transfer={} {error}", transfer.0),
         Input::Timeout => String::from("timeout"),
     }
 }
@@ -127,5 +131,13 @@ pub fn describe_output(output: &Output) -> String {
         }
         Output::OneWay { from, message } => format!("one-way from={from} {message:?}"),
         Output::Data { from, data } => format!("data from={from} {}", bytes_digest(data)),
+        Output::ReadFile { transfer, path, offset, len } => {
+            format!("read file transfer={} {} at={offset} len={len}", transfer.0, path.display())
+        }
+        Output::ChunkIncoming { from, transfer, size } => {
+            format!("chunk incoming from={from} transfer={} size={size}", transfer.0)
+        }
+        Output::ChunkData { transfer, data } => format!("chunk data transfer={} {}", transfer.0, bytes_digest(data)),
+        Output::ChunkReceived { transfer, result } => format!("chunk received transfer={} {result:?}", transfer.0),
     }
 }

@@ -1,5 +1,6 @@
 //! The error type of the tokio binding's API.
 
+use octopii_core::KernelConfigError;
 use octopii_core::wal::{WalConfigError, WalError};
 
 /// Why an Octopii operation failed.
@@ -16,6 +17,10 @@ pub enum OctopiiError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A node's configuration is invalid: its log, Raft or transport
+    /// settings, or a transport configured for another node.
+    #[error("invalid node configuration: {0}")]
+    NodeConfig(#[from] KernelConfigError),
     /// The component has shut down and takes no more requests.
     #[error("shut down")]
     Shutdown,

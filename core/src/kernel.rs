@@ -26,6 +26,7 @@ use crate::disk::{DiskCompletion, DiskOp, IoError};
 use crate::node::{Membership, Node, NodeStatus};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeConfig, NodeConfigError, NodeError, ReplicaEvent};
+use crate::transport::chunk::{ChunkSource, FileRead, TransferError, TransferId, TransferReport};
 use crate::transport::rpc::{OneWayMessage, RequestHandler, RequestPayload, RpcError, RpcResponse};
 use crate::transport::{
     Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent, TransportOutput,
@@ -132,6 +133,14 @@ pub enum Command {
         /// The bytes.
         data: Bytes,
     },
+    /// Send a file or bytes to a peer on a Shipping Lane stream; answered
+    /// with [`Reply::ChunkSent`] once the receiver verified the digest.
+    SendChunk {
+        /// The peer.
+        to: u64,
+        /// What to send.
+        source: ChunkSource,
+    },
     /// Set where a peer listens; answered with [`Reply::Sent`].
     UpdatePeerAddr {
         /// The peer.
@@ -174,6 +183,8 @@ pub enum Reply {
     Response(Result<RpcResponse, RpcError>),
     /// The message is queued for the peer.
     Sent(Result<(), RpcError>),
+    /// The transfer's outcome.
+    ChunkSent(Result<TransferReport, TransferError>),
 }
 
 /// Something that happened, for logs and metrics. Bindings report events;
@@ -230,6 +241,13 @@ pub enum Input {
         /// The datagram.
         data: BytesMut,
     },
+    /// A read asked for by [`Output::ReadFile`] finished.
+    FileRead {
+        /// The transfer it was for.
+        transfer: TransferId,
+        /// The bytes read and the file's length, or why the read failed.
+        result: Result<FileRead, IoError>,
+    },
     /// The time from [`Kernel::poll_timeout`] has been reached.
     Timeout,
 }
@@ -261,6 +279,42 @@ pub enum Output {
         from: u64,
         /// The bytes.
         data: Bytes,
+    },
+    /// Read part of a file for an outgoing transfer, then feed
+    /// [`Input::FileRead`].
+    ReadFile {
+        /// The transfer.
+        transfer: TransferId,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Where to read.
+        offset: u64,
+        /// How much (less only at the end of the file).
+        len: usize,
+    },
+    /// A peer started sending this node a transfer.
+    ChunkIncoming {
+        /// The sender.
+        from: u64,
+        /// Names the transfer in the outputs that follow.
+        transfer: TransferId,
+        /// The body's size.
+        size: u64,
+    },
+    /// The next piece of an incoming transfer (verified only once
+    /// [`Output::ChunkReceived`] says so).
+    ChunkData {
+        /// The transfer.
+        transfer: TransferId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// An incoming transfer ended.
+    ChunkReceived {
+        /// The transfer.
+        transfer: TransferId,
+        /// The verified size, or why it failed.
+        result: Result<u64, TransferError>,
     },
     /// Deliver this to the caller of command `id`.
     Reply {
@@ -465,6 +519,11 @@ impl Kernel {
                     transport.handle_datagram(now, from, data);
                 }
             }
+            Input::FileRead { transfer, result } => {
+                if let Some(transport) = &mut self.transport {
+                    transport.handle_file_read(now, transfer, result);
+                }
+            }
             Input::Timeout => {
                 self.wal.handle_timeout(now);
                 if let Some(node) = &mut self.node {
@@ -597,6 +656,7 @@ impl Kernel {
             Command::Request { .. }
                 | Command::SendOneWay { .. }
                 | Command::SendData { .. }
+                | Command::SendChunk { .. }
                 | Command::UpdatePeerAddr { .. }
         );
         if !transport_command {
@@ -605,6 +665,9 @@ impl Kernel {
         let Some(transport) = &mut self.transport else {
             let reply = match command {
                 Command::Request { .. } => Reply::Response(Err(RpcError::NoTransport)),
+                Command::SendChunk { .. } => {
+                    Reply::ChunkSent(Err(TransferError::Unreachable("no transport configured".into())))
+                }
                 _ => Reply::Sent(Err(RpcError::NoTransport)),
             };
             self.reply(id, reply);
@@ -624,6 +687,12 @@ impl Kernel {
             Command::SendData { to, data } => {
                 let result = transport.send_data(now, to, data);
                 self.reply(id, Reply::Sent(result));
+            }
+            Command::SendChunk { to, source } => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.tickets.insert(ticket, Ticket::Command(id));
+                transport.send_chunk(now, ticket, to, source);
             }
             Command::UpdatePeerAddr { node, address } => {
                 transport.update_peer_addr(now, node, address);
@@ -682,6 +751,22 @@ impl Kernel {
             }
             TransportOutput::Data { from, data } => self.outputs.push_back(Output::Data { from, data }),
             TransportOutput::Event(event) => self.outputs.push_back(Output::Event(Event::Transport(event))),
+            TransportOutput::ChunkSent { ticket, result } => match self.tickets.remove(&ticket) {
+                Some(Ticket::Command(id)) => self.reply(id, Reply::ChunkSent(result)),
+                owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
+            },
+            TransportOutput::ReadFile { transfer, path, offset, len } => {
+                self.outputs.push_back(Output::ReadFile { transfer, path, offset, len })
+            }
+            TransportOutput::ChunkIncoming { from, transfer, size } => {
+                self.outputs.push_back(Output::ChunkIncoming { from, transfer, size })
+            }
+            TransportOutput::ChunkData { transfer, data } => {
+                self.outputs.push_back(Output::ChunkData { transfer, data })
+            }
+            TransportOutput::ChunkReceived { transfer, result } => {
+                self.outputs.push_back(Output::ChunkReceived { transfer, result })
+            }
         }
     }
 

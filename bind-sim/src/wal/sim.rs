@@ -367,9 +367,7 @@ impl WalSim {
             }
             Output::Reply { id, reply } => self.on_reply(id, reply),
             Output::Event(event) => self.on_event(event),
-            Output::Send { .. } | Output::Transmit(_) | Output::OneWay { .. } | Output::Data { .. } => {
-                unreachable!("a standalone log sends no messages")
-            }
+            other => unreachable!("a standalone log has no network: {other:?}"),
         }
     }
 

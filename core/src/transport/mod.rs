@@ -16,6 +16,8 @@
 //! id. Every random value quinn-proto needs comes from
 //! [`TransportConfig::seed`], so a run is replayable from it.
 
+pub mod chunk;
+mod connection;
 pub mod frame;
 pub mod rpc;
 pub mod tls;
@@ -28,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     ClientConfig, ConnectionHandle, ConnectionId, ConnectionIdGenerator, DatagramEvent, Dir, Endpoint,
     EndpointConfig, ServerConfig, StreamEvent, StreamId, VarInt,
@@ -36,10 +38,15 @@ use quinn_proto::{
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use self::chunk::{
+    ChunkSource, FileRead, Incoming, Outgoing, Purpose, Received, TransferError, TransferId, TransferReport,
+};
+use self::connection::{Connection, PendingTransfer};
 use self::frame::{FRAME_BYTES_MAX, Frame, FrameDecoder, FrameError};
 use self::rpc::{MessageId, OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError};
 use self::rpc::{RpcRequest, RpcResponse};
 use self::tls::{TlsError, TlsIdentity};
+use crate::disk::IoError;
 
 /// Frames held for a peer while its connection is being made; beyond it,
 /// Raft messages are dropped (Raft resends) and requests fail.
@@ -47,13 +54,19 @@ pub const WAITING_FRAMES_MAX: usize = 1024;
 /// Bytes queued on one connection beyond what QUIC flow control has taken;
 /// beyond it, Raft messages are dropped and requests fail.
 pub const QUEUED_BYTES_MAX: usize = 2 * FRAME_BYTES_MAX;
+/// Raft messages above this size ride a Shipping Lane stream of their own
+/// instead of the message stream, so a snapshot does not hold up
+/// heartbeats.
+pub const RAFT_INLINE_BYTES_MAX: usize = 1024 * 1024;
+/// Transfers a peer may run towards this node at once.
+pub const CONCURRENT_TRANSFERS_MAX: u32 = 64;
 /// Largest piece read from a stream at once.
 const READ_CHUNK_BYTES_MAX: usize = 64 * 1024;
 
 /// Application close codes.
 const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_PROTOCOL: u32 = 1;
-const CLOSE_DUPLICATE: u32 = 2;
+pub(crate) const CLOSE_DUPLICATE: u32 = 2;
 const CLOSE_IDENTITY: u32 = 3;
 
 /// Everything a transport needs.
@@ -86,6 +99,8 @@ pub struct TransportConfig {
     /// Datagrams one [`Transmit`] may carry (the socket's GSO segment
     /// count). Default 1.
     pub max_transmit_segments: usize,
+    /// Largest transfer body accepted from a peer. Default 1 TiB.
+    pub chunk_bytes_max: u64,
 }
 
 impl TransportConfig {
@@ -110,6 +125,7 @@ impl TransportConfig {
             reconnect_delay_min: Duration::from_millis(20),
             reconnect_delay_max: Duration::from_secs(2),
             max_transmit_segments: 1,
+            chunk_bytes_max: 1 << 40,
         }
     }
 }
@@ -201,6 +217,48 @@ pub enum TransportOutput {
         /// The bytes.
         data: Bytes,
     },
+    /// Read `len` bytes of the file at `offset` for a transfer and pass
+    /// them to [`Transport::handle_file_read`].
+    ReadFile {
+        /// The transfer.
+        transfer: TransferId,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Where to read.
+        offset: u64,
+        /// How much (less only at the end of the file).
+        len: usize,
+    },
+    /// The outcome of [`Transport::send_chunk`].
+    ChunkSent {
+        /// The ticket given with the transfer.
+        ticket: u64,
+        /// The bytes the receiver verified, or why the transfer failed.
+        result: Result<TransferReport, TransferError>,
+    },
+    /// A peer started a transfer to this node.
+    ChunkIncoming {
+        /// The sender.
+        from: u64,
+        /// Names the transfer in the outputs that follow.
+        transfer: TransferId,
+        /// The body's size.
+        size: u64,
+    },
+    /// The next piece of an incoming transfer's body (not yet verified).
+    ChunkData {
+        /// The transfer.
+        transfer: TransferId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// An incoming transfer ended: verified, or why not.
+    ChunkReceived {
+        /// The transfer.
+        transfer: TransferId,
+        /// The body's size once verified, or why it failed.
+        result: Result<u64, TransferError>,
+    },
     /// Report this.
     Event(TransportEvent),
 }
@@ -224,126 +282,13 @@ pub struct TransportStats {
     pub connections_open: u64,
 }
 
-#[derive(Debug)]
-struct Connection {
-    quinn: quinn_proto::Connection,
-    /// The peer: known at dial time for outbound connections, after a valid
-    /// hello for inbound ones.
-    peer: Option<u64>,
-    /// Whether the peer's identity is established (handshake done and, for
-    /// inbound connections, a valid hello).
-    identified: bool,
-    outbound: bool,
-    send: Option<StreamId>,
-    /// Encoded frames not yet taken by QUIC; the front may be a remainder.
-    queued: VecDeque<Bytes>,
-    front_started: bool,
-    queued_bytes: usize,
-    receive: Option<(StreamId, FrameDecoder)>,
-    timeout: Option<Instant>,
-    closing: bool,
-    /// A duplicate: no new frames; closed once both streams have ended.
-    retiring: bool,
-    finish_sent: bool,
-    /// Our stream ended and the peer acknowledged all of it.
-    sent_all: bool,
-    /// The peer's stream ended cleanly.
-    received_all: bool,
-}
-
-impl Connection {
-    fn new(quinn: quinn_proto::Connection, peer: Option<u64>, outbound: bool) -> Self {
-        Self {
-            quinn,
-            peer,
-            identified: false,
-            outbound,
-            send: None,
-            queued: VecDeque::new(),
-            front_started: false,
-            queued_bytes: 0,
-            receive: None,
-            timeout: None,
-            closing: false,
-            retiring: false,
-            finish_sent: false,
-            sent_all: false,
-            received_all: false,
-        }
-    }
-
-    fn enqueue(&mut self, frame: Bytes) {
-        self.queued_bytes += frame.len();
-        self.queued.push_back(frame);
-        self.flush();
-    }
-
-    /// Hands queued frames to QUIC until flow control pushes back.
-    fn flush(&mut self) {
-        if self.closing || !self.identified {
-            return;
-        }
-        if self.send.is_none() {
-            self.send = self.quinn.streams().open(Dir::Uni);
-        }
-        let Some(stream) = self.send else { return };
-        while let Some(front) = self.queued.front_mut() {
-            match self.quinn.send_stream(stream).write(front) {
-                Ok(written) => {
-                    self.queued_bytes -= written;
-                    if written == front.len() {
-                        self.queued.pop_front();
-                        self.front_started = false;
-                    } else {
-                        front.advance(written);
-                        self.front_started = true;
-                        break;
-                    }
-                }
-                // Blocked: wait for `Writable`. Stopped or closed: the
-                // connection is closing and reports why.
-                Err(_) => break,
-            }
-        }
-        if self.retiring && self.queued.is_empty() && !self.finish_sent {
-            self.finish_sent = self.quinn.send_stream(stream).finish().is_ok();
-        }
-    }
-
-    /// Stops using this duplicate: what is queued but not started goes to
-    /// the connection kept; what QUIC has taken is still delivered, then
-    /// the stream ends. An empty stream is opened just to end it, so the
-    /// peer learns this side is done.
-    fn retire(&mut self) -> VecDeque<Bytes> {
-        let keep = usize::from(self.front_started);
-        let unstarted: VecDeque<Bytes> = self.queued.drain(keep..).collect();
-        self.queued_bytes -= unstarted.iter().map(Bytes::len).sum::<usize>();
-        self.retiring = true;
-        self.flush();
-        unstarted
-    }
-
-    /// Closes a retired duplicate once nothing is left in flight either way.
-    fn close_if_retired(&mut self, now: Instant) {
-        if self.retiring && self.sent_all && self.received_all {
-            self.close(now, CLOSE_DUPLICATE, "duplicate connection");
-        }
-    }
-
-    fn close(&mut self, now: Instant, code: u32, reason: &str) {
-        if !self.closing {
-            self.closing = true;
-            self.quinn.close(now, VarInt::from_u32(code), Bytes::copy_from_slice(reason.as_bytes()));
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Peer {
     address: Option<SocketAddr>,
     active: Option<ConnectionHandle>,
     dialing: Option<ConnectionHandle>,
     waiting: VecDeque<Bytes>,
+    waiting_transfers: Vec<PendingTransfer>,
     reconnect_delay: Duration,
     reconnect_at: Option<Instant>,
 }
@@ -397,6 +342,12 @@ pub struct Transport {
     deadlines: BTreeSet<(Instant, MessageId)>,
     next_message_id: u64,
     handler: Option<RequestHandler>,
+    /// Connections with work to drive.
+    dirty: BTreeSet<ConnectionHandle>,
+    /// Where each outgoing transfer runs, for its file reads.
+    transfers: BTreeMap<TransferId, (ConnectionHandle, StreamId)>,
+    next_transfer: u64,
+    chunk_bytes_max: u64,
     outputs: VecDeque<TransportOutput>,
     buffer: Vec<u8>,
     stats: TransportStats,
@@ -441,7 +392,7 @@ impl Transport {
             .max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(config.keep_alive_interval))
             .max_concurrent_uni_streams(VarInt::from_u32(1))
-            .max_concurrent_bidi_streams(VarInt::from_u32(0));
+            .max_concurrent_bidi_streams(VarInt::from_u32(CONCURRENT_TRANSFERS_MAX));
         let transport = Arc::new(transport);
 
         let mut rng = ChaCha20Rng::from_seed(config.seed);
@@ -494,6 +445,10 @@ impl Transport {
             deadlines: BTreeSet::new(),
             next_message_id: 0,
             handler: None,
+            dirty: BTreeSet::new(),
+            transfers: BTreeMap::new(),
+            next_transfer: 0,
+            chunk_bytes_max: config.chunk_bytes_max,
             outputs: VecDeque::new(),
             buffer: Vec::new(),
             stats: TransportStats::default(),
@@ -565,11 +520,42 @@ impl Transport {
     /// Sends a Raft message to `to`, best effort: it is dropped when the
     /// peer is unknown or too much is queued (Raft sends again).
     pub fn send_raft(&mut self, now: Instant, to: u64, message: Bytes) {
-        if message.len() > FRAME_BYTES_MAX || self.send_frame(now, to, Frame::Raft(message).encode()).is_err()
-        {
+        if message.len() > RAFT_INLINE_BYTES_MAX {
+            self.queue_transfer(now, None, to, ChunkSource::Memory(message), Purpose::Raft);
+        } else if self.send_frame(now, to, Frame::Raft(message).encode()).is_err() {
             self.stats.raft_dropped += 1;
         }
-        self.drive_all(now);
+        self.drive_dirty(now);
+    }
+
+    /// Sends `source` to `to` on a stream of its own; the outcome comes
+    /// back as [`TransportOutput::ChunkSent`] with `ticket` once the
+    /// receiver has verified the digest (or the transfer failed). A file is
+    /// read through [`TransportOutput::ReadFile`].
+    pub fn send_chunk(&mut self, now: Instant, ticket: u64, to: u64, source: ChunkSource) {
+        self.queue_transfer(now, Some(ticket), to, source, Purpose::Application);
+        self.drive_dirty(now);
+    }
+
+    /// A read asked for by [`TransportOutput::ReadFile`] finished.
+    pub fn handle_file_read(
+        &mut self,
+        now: Instant,
+        transfer: TransferId,
+        result: Result<FileRead, IoError>,
+    ) {
+        // A transfer that failed meanwhile no longer wants its reads.
+        let Some(&(handle, stream)) = self.transfers.get(&transfer) else { return };
+        let Some(mut connection) = self.connections.remove(&handle) else { return };
+        if let Some(outgoing) = connection.outgoing.get_mut(&stream) {
+            match outgoing.on_read(result) {
+                Ok(()) => self.progress_outgoing(&mut connection, stream),
+                Err(error) => self.finish_outgoing(&mut connection, stream, Err(error)),
+            }
+        }
+        self.connections.insert(handle, connection);
+        self.dirty.insert(handle);
+        self.drive_dirty(now);
     }
 
     /// Sends a request to `to`; its outcome comes back as
@@ -595,7 +581,7 @@ impl Transport {
             }
             Err(error) => self.outputs.push_back(TransportOutput::Response { ticket, result: Err(error) }),
         }
-        self.drive_all(now);
+        self.drive_dirty(now);
     }
 
     /// Sends a one-way message to `to`; `Ok` once it is queued.
@@ -606,7 +592,7 @@ impl Transport {
     pub fn send_one_way(&mut self, now: Instant, to: u64, message: OneWayMessage) -> Result<(), RpcError> {
         let frame = Frame::OneWay(message).encode();
         let result = self.check_size(&frame).and_then(|()| self.send_frame(now, to, frame));
-        self.drive_all(now);
+        self.drive_dirty(now);
         result
     }
 
@@ -618,7 +604,7 @@ impl Transport {
     pub fn send_data(&mut self, now: Instant, to: u64, data: Bytes) -> Result<(), RpcError> {
         let frame = Frame::Data(data).encode();
         let result = self.check_size(&frame).and_then(|()| self.send_frame(now, to, frame));
-        self.drive_all(now);
+        self.drive_dirty(now);
         result
     }
 
@@ -654,6 +640,7 @@ impl Transport {
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
                 if let Some(connection) = self.connections.get_mut(&handle) {
                     connection.quinn.handle_event(event);
+                    self.dirty.insert(handle);
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
@@ -664,6 +651,7 @@ impl Transport {
                     match self.endpoint.accept(incoming, now, &mut self.buffer, None) {
                         Ok((handle, quinn)) => {
                             self.connections.insert(handle, Connection::new(quinn, None, false));
+                            self.dirty.insert(handle);
                         }
                         Err(error) => {
                             self.refused(from, format!("handshake refused: {}", error.cause));
@@ -676,14 +664,15 @@ impl Transport {
             }
             Some(DatagramEvent::Response(transmit)) => self.push_transmit(&transmit),
         }
-        self.drive_all(now);
+        self.drive_dirty(now);
     }
 
     /// The time from [`Transport::poll_timeout`] has been reached.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for connection in self.connections.values_mut() {
+        for (&handle, connection) in &mut self.connections {
             if connection.timeout.is_some_and(|at| at <= now) {
                 connection.quinn.handle_timeout(now);
+                self.dirty.insert(handle);
             }
         }
         while let Some(&(deadline, id)) = self.deadlines.first()
@@ -704,7 +693,7 @@ impl Transport {
             self.peers.get_mut(&peer).expect("listed above").reconnect_at = None;
             self.dial_if_waiting(now, peer);
         }
-        self.drive_all(now);
+        self.drive_dirty(now);
     }
 
     /// When to call [`Transport::handle_timeout`]; `None` if nothing waits.
@@ -743,6 +732,7 @@ impl Transport {
                 return Err(RpcError::QueueFull(to));
             }
             connection.enqueue(frame);
+            self.dirty.insert(handle);
         } else {
             if peer.address.is_none() {
                 return Err(RpcError::UnknownPeer(to));
@@ -762,12 +752,14 @@ impl Transport {
     fn dial_if_waiting(&mut self, now: Instant, peer_id: u64) {
         let Some(peer) = self.peers.get_mut(&peer_id) else { return };
         let idle = peer.active.is_none() && peer.dialing.is_none() && peer.reconnect_at.is_none();
-        let (Some(address), true, false) = (peer.address, idle, peer.waiting.is_empty()) else { return };
+        let waiting = !peer.waiting.is_empty() || !peer.waiting_transfers.is_empty();
+        let (Some(address), true, true) = (peer.address, idle, waiting) else { return };
         let name = tls::node_name(peer_id);
         match self.endpoint.connect(now, self.client_config.clone(), address, &name) {
             Ok((handle, quinn)) => {
                 peer.dialing = Some(handle);
                 self.connections.insert(handle, Connection::new(quinn, Some(peer_id), true));
+                self.dirty.insert(handle);
             }
             Err(error) => {
                 let reason = format!("cannot dial {address}: {error}");
@@ -782,6 +774,7 @@ impl Transport {
         let Some(peer) = self.peers.get_mut(&peer_id) else { return };
         let dropped = peer.waiting.len() as u64;
         peer.waiting.clear();
+        let transfers = std::mem::take(&mut peer.waiting_transfers);
         self.stats.raft_dropped += dropped;
         peer.reconnect_delay =
             (peer.reconnect_delay * 2).clamp(self.reconnect_delay_min, self.reconnect_delay_max);
@@ -794,7 +787,150 @@ impl Transport {
             let result = Err(RpcError::ConnectionLost { peer: peer_id, reason: reason.clone() });
             self.outputs.push_back(TransportOutput::Response { ticket: call.ticket, result });
         }
+        for pending in transfers {
+            self.fail_pending_transfer(pending, TransferError::Unreachable(reason.clone()));
+        }
         self.outputs.push_back(TransportOutput::Event(TransportEvent::Lost { peer: peer_id, reason }));
+    }
+
+    /// Puts a transfer on the peer's connection, or waits for one.
+    fn queue_transfer(
+        &mut self,
+        now: Instant,
+        ticket: Option<u64>,
+        to: u64,
+        source: ChunkSource,
+        purpose: Purpose,
+    ) {
+        let transfer = TransferId(self.next_transfer);
+        self.next_transfer += 1;
+        let pending = PendingTransfer { transfer, ticket, source, purpose };
+        if self.shut_down {
+            return self.fail_pending_transfer(pending, TransferError::Unreachable("shutting down".into()));
+        }
+        let Some(peer) =
+            self.peers.get_mut(&to).filter(|peer| peer.address.is_some() || peer.active.is_some())
+        else {
+            return self
+                .fail_pending_transfer(pending, TransferError::Unreachable(format!("unknown node {to}")));
+        };
+        match peer.active {
+            Some(handle) => {
+                let mut connection = self.connections.remove(&handle).expect("an active connection is open");
+                connection.unstarted.push_back(pending);
+                self.start_transfers(now, handle, &mut connection);
+                self.connections.insert(handle, connection);
+                self.dirty.insert(handle);
+            }
+            None => {
+                peer.waiting_transfers.push(pending);
+                self.dial_if_waiting(now, to);
+            }
+        }
+    }
+
+    fn fail_pending_transfer(&mut self, pending: PendingTransfer, error: TransferError) {
+        match pending.ticket {
+            Some(ticket) => self.outputs.push_back(TransportOutput::ChunkSent { ticket, result: Err(error) }),
+            None => self.stats.raft_dropped += 1,
+        }
+    }
+
+    /// Opens streams for waiting transfers while the peer allows more.
+    fn start_transfers(&mut self, now: Instant, handle: ConnectionHandle, connection: &mut Connection) {
+        while !connection.unstarted.is_empty() && connection.identified && !connection.closing {
+            let Some(stream) = connection.quinn.streams().open(Dir::Bi) else { break };
+            let pending = connection.unstarted.pop_front().expect("checked non-empty");
+            let outgoing =
+                Outgoing::new(pending.transfer, pending.ticket, stream, pending.source, pending.purpose, now);
+            self.transfers.insert(pending.transfer, (handle, stream));
+            connection.outgoing.insert(stream, outgoing);
+            self.progress_outgoing(connection, stream);
+        }
+    }
+
+    /// Writes what a transfer has ready and asks for the next file read.
+    fn progress_outgoing(&mut self, connection: &mut Connection, stream: StreamId) {
+        let Some(outgoing) = connection.outgoing.get_mut(&stream) else { return };
+        match outgoing.write(&mut connection.quinn) {
+            Ok(()) => self.outputs.extend(outgoing.next_read()),
+            Err(error) => self.finish_outgoing(connection, stream, Err(error)),
+        }
+    }
+
+    fn finish_outgoing(
+        &mut self,
+        connection: &mut Connection,
+        stream: StreamId,
+        result: Result<TransferReport, TransferError>,
+    ) {
+        let Some(outgoing) = connection.outgoing.remove(&stream) else { return };
+        self.transfers.remove(&outgoing.transfer);
+        if result.is_err() {
+            let _ = connection.quinn.send_stream(stream).reset(VarInt::from_u32(chunk::STATUS_ERROR_CODE));
+            let _ = connection.quinn.recv_stream(stream).stop(VarInt::from_u32(chunk::STATUS_ERROR_CODE));
+        }
+        match outgoing.ticket {
+            Some(ticket) => self.outputs.push_back(TransportOutput::ChunkSent { ticket, result }),
+            None if result.is_err() => self.stats.raft_dropped += 1,
+            None => {}
+        }
+    }
+
+    /// Takes the transfers an identified peer has opened.
+    fn accept_transfers(&mut self, connection: &mut Connection) {
+        let (true, Some(from)) = (connection.identified, connection.peer) else { return };
+        while let Some(stream) = connection.quinn.streams().accept(Dir::Bi) {
+            let transfer = TransferId(self.next_transfer);
+            self.next_transfer += 1;
+            connection.incoming.insert(stream, Incoming::new(transfer, from, stream, self.chunk_bytes_max));
+            self.read_incoming(connection, stream);
+        }
+    }
+
+    /// Reads an incoming transfer and reports what it produced.
+    fn read_incoming(&mut self, connection: &mut Connection, stream: StreamId) {
+        let Some(incoming) = connection.incoming.get_mut(&stream) else { return };
+        let mut received = Vec::new();
+        incoming.read(&mut connection.quinn, &mut received);
+        let (transfer, from, purpose) = (incoming.transfer, incoming.from, incoming.purpose());
+        if incoming.is_done() {
+            connection.incoming.remove(&stream);
+        }
+        for event in received {
+            let output = match (event, purpose) {
+                (Received::Started { size }, Purpose::Application) => {
+                    TransportOutput::ChunkIncoming { from, transfer, size }
+                }
+                (Received::Data(data), _) => TransportOutput::ChunkData { transfer, data },
+                (Received::Finished { raft: Some(message), .. }, _) => {
+                    TransportOutput::Raft { from, message }
+                }
+                (Received::Finished { result, .. }, Purpose::Application) => {
+                    TransportOutput::ChunkReceived { transfer, result }
+                }
+                (Received::Started { .. } | Received::Finished { .. }, Purpose::Raft) => continue,
+            };
+            self.outputs.push_back(output);
+        }
+    }
+
+    /// The connection is gone: every transfer on it fails.
+    fn fail_transfers(&mut self, connection: &mut Connection, reason: &str) {
+        let streams: Vec<StreamId> = connection.outgoing.keys().copied().collect();
+        for stream in streams {
+            self.finish_outgoing(connection, stream, Err(TransferError::Interrupted(reason.to_owned())));
+        }
+        for pending in std::mem::take(&mut connection.unstarted) {
+            self.fail_pending_transfer(pending, TransferError::Unreachable(reason.to_owned()));
+        }
+        for incoming in std::mem::take(&mut connection.incoming).into_values() {
+            if incoming.purpose() == Purpose::Application {
+                let result = Err(TransferError::Interrupted(reason.to_owned()));
+                self.outputs
+                    .push_back(TransportOutput::ChunkReceived { transfer: incoming.transfer, result });
+            }
+        }
     }
 
     fn refused(&mut self, address: SocketAddr, reason: String) {
@@ -813,24 +949,21 @@ impl Transport {
 
     /// Runs every connection until none has anything more to do.
     fn drive_all(&mut self, now: Instant) {
-        loop {
-            let handles: Vec<ConnectionHandle> = self.connections.keys().copied().collect();
-            let mut progressed = false;
-            for handle in handles {
-                progressed |= self.drive(now, handle);
-            }
-            if !progressed {
-                break;
-            }
+        self.dirty.extend(self.connections.keys().copied());
+        self.drive_dirty(now);
+    }
+
+    /// Runs the connections something happened to (driving one may touch
+    /// another, which is then driven too).
+    fn drive_dirty(&mut self, now: Instant) {
+        while let Some(handle) = self.dirty.pop_first() {
+            self.drive(now, handle);
         }
     }
 
     /// Processes one connection's events and collects its datagrams.
-    /// Returns whether anything happened that may affect another
-    /// connection.
-    fn drive(&mut self, now: Instant, handle: ConnectionHandle) -> bool {
-        let Some(mut connection) = self.connections.remove(&handle) else { return false };
-        let mut progressed = false;
+    fn drive(&mut self, now: Instant, handle: ConnectionHandle) {
+        let Some(mut connection) = self.connections.remove(&handle) else { return };
         let mut drained = false;
         loop {
             let mut busy = false;
@@ -848,7 +981,6 @@ impl Transport {
             if !busy {
                 break;
             }
-            progressed = true;
         }
         loop {
             self.buffer.clear();
@@ -862,11 +994,9 @@ impl Transport {
         connection.timeout = connection.quinn.poll_timeout();
         if drained {
             self.forget(now, handle, &connection);
-            progressed = true;
         } else {
             self.connections.insert(handle, connection);
         }
-        progressed
     }
 
     /// The connection is gone for good: detach it from its peer.
@@ -903,11 +1033,12 @@ impl Transport {
                     // leaves the queue at once and is never moved to another
                     // connection by `take_unstarted`.
                     connection.enqueue(Frame::Hello { node_id: self.node_id }.encode());
-                    self.identified(handle, connection, peer);
+                    self.identified(now, handle, connection, peer);
                 }
             }
             Event::ConnectionLost { reason } => {
                 let reason = reason.to_string();
+                self.fail_transfers(connection, &reason);
                 if let Some(peer_id) = connection.peer
                     && let Some(peer) = self.peers.get_mut(&peer_id)
                     && (peer.active == Some(handle) || peer.dialing == Some(handle))
@@ -934,23 +1065,48 @@ impl Transport {
                 }
                 self.read(now, handle, connection);
             }
-            Event::Stream(StreamEvent::Readable { .. }) => self.read(now, handle, connection),
+            // Transfers of a peer not yet identified wait in quinn (bounded by
+            // the stream limit) until its hello arrives on the other stream.
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.accept_transfers(connection),
+            Event::Stream(StreamEvent::Readable { id }) => {
+                if connection.incoming.contains_key(&id) {
+                    self.read_incoming(connection, id);
+                } else if let Some(outgoing) = connection.outgoing.get_mut(&id) {
+                    if let Some(result) = outgoing.read_status(&mut connection.quinn, now) {
+                        self.finish_outgoing(connection, id, result);
+                    }
+                } else {
+                    self.read(now, handle, connection);
+                }
+            }
+            Event::Stream(StreamEvent::Writable { id }) if connection.outgoing.contains_key(&id) => {
+                self.progress_outgoing(connection, id);
+            }
             Event::Stream(StreamEvent::Writable { .. } | StreamEvent::Available { dir: Dir::Uni }) => {
                 connection.flush();
+            }
+            Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {
+                self.start_transfers(now, handle, connection)
             }
             Event::Stream(StreamEvent::Finished { id }) if connection.send == Some(id) => {
                 connection.sent_all = true;
                 connection.close_if_retired(now);
             }
+            Event::Stream(StreamEvent::Stopped { id, error_code })
+                if connection.outgoing.contains_key(&id) =>
+            {
+                let error = chunk::refused_or_reset(error_code);
+                self.finish_outgoing(connection, id, Err(error));
+            }
+            // A transfer's send side finished: the receiver took the
+            // status byte, or the sender took the whole body.
+            Event::Stream(StreamEvent::Finished { id }) if id.dir() == Dir::Bi => {}
             Event::Stream(StreamEvent::Stopped { .. } | StreamEvent::Finished { .. }) => {
                 let address = connection.quinn.remote_address();
                 connection.close(now, CLOSE_PROTOCOL, "stream stopped");
                 self.refused(address, "peer stopped our stream".to_owned());
             }
-            Event::HandshakeDataReady
-            | Event::Stream(StreamEvent::Opened { dir: Dir::Bi } | StreamEvent::Available { dir: Dir::Bi })
-            | Event::DatagramReceived
-            | Event::DatagramsUnblocked => {}
+            Event::HandshakeDataReady | Event::DatagramReceived | Event::DatagramsUnblocked => {}
         }
     }
 
@@ -1017,7 +1173,8 @@ impl Transport {
                     Ok(()) => {
                         connection.peer = Some(node_id);
                         connection.identified = true;
-                        self.identified(handle, connection, node_id);
+                        self.identified(now, handle, connection, node_id);
+                        self.accept_transfers(connection);
                     }
                     Err(reason) => {
                         connection.close(now, CLOSE_IDENTITY, &reason);
@@ -1085,7 +1242,13 @@ impl Transport {
 
     /// A connection to `peer_id` is established (`handle`, not in the map
     /// while it is being driven). Keeps one connection per peer.
-    fn identified(&mut self, handle: ConnectionHandle, connection: &mut Connection, peer_id: u64) {
+    fn identified(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        connection: &mut Connection,
+        peer_id: u64,
+    ) {
         let peer = self.peers.entry(peer_id).or_default();
         if peer.dialing == Some(handle) {
             peer.dialing = None;
@@ -1104,10 +1267,13 @@ impl Transport {
                     for frame in other_connection.retire() {
                         connection.enqueue(frame);
                     }
+                    connection.unstarted.extend(other_connection.unstarted.drain(..));
                 } else {
                     for frame in connection.retire() {
                         other_connection.enqueue(frame);
                     }
+                    other_connection.unstarted.extend(connection.unstarted.drain(..));
+                    // The kept connection starts them when it is next driven.
                     return;
                 }
             }
@@ -1117,6 +1283,8 @@ impl Transport {
         for frame in std::mem::take(&mut peer.waiting) {
             connection.enqueue(frame);
         }
+        connection.unstarted.extend(std::mem::take(&mut peer.waiting_transfers));
+        self.start_transfers(now, handle, connection);
         self.outputs.push_back(TransportOutput::Event(TransportEvent::Connected { peer: peer_id }));
     }
 }

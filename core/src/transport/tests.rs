@@ -360,3 +360,153 @@ fn the_same_seeds_give_the_same_datagram_sizes_and_order() {
     assert!(first.len() > 10);
     assert_eq!(first, run());
 }
+
+/// Serves the transports' file reads from in-memory files, like a binding
+/// serves them from disk.
+fn serve_reads(net: &mut Net, files: &BTreeMap<std::path::PathBuf, Vec<u8>>) -> bool {
+    let mut served = false;
+    for node in net.nodes.keys().copied().collect::<Vec<_>>() {
+        let outputs = net.take(node);
+        let mut rest = Vec::new();
+        for output in outputs {
+            if let TransportOutput::ReadFile { transfer, path, offset, len } = output {
+                let file = &files[&path];
+                let start = (offset as usize).min(file.len());
+                let end = (start + len).min(file.len());
+                let read = super::chunk::FileRead {
+                    data: Bytes::copy_from_slice(&file[start..end]),
+                    file_len: file.len() as u64,
+                };
+                let now = net.now;
+                net.node(node).handle_file_read(now, transfer, Ok(read));
+                served = true;
+            } else {
+                rest.push(output);
+            }
+        }
+        net.received.entry(node).or_default().extend(rest);
+    }
+    served
+}
+
+fn received_body(outputs: &[TransportOutput]) -> (Vec<u8>, Option<Result<u64, super::chunk::TransferError>>) {
+    let mut body = Vec::new();
+    let mut result = None;
+    for output in outputs {
+        match output {
+            TransportOutput::ChunkData { data, .. } => body.extend_from_slice(data),
+            TransportOutput::ChunkReceived { result: done, .. } => result = Some(done.clone()),
+            _ => {}
+        }
+    }
+    (body, result)
+}
+
+#[test]
+fn a_file_is_sent_piece_by_piece_and_verified() {
+    use super::chunk::ChunkSource;
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let content: Vec<u8> = (0..3_000_000u32).map(|index| (index * 7 % 251) as u8).collect();
+    let path = std::path::PathBuf::from("/data/file.bin");
+    let files = BTreeMap::from([(path.clone(), content.clone())]);
+    let now = net.now;
+    net.node(1).send_chunk(now, 5, 2, ChunkSource::File(path));
+    let mut outputs_1 = Vec::new();
+    let mut outputs_2 = Vec::new();
+    for _ in 0..10_000 {
+        net.run_for(Duration::from_millis(1));
+        serve_reads(&mut net, &files);
+        outputs_1.extend(net.take(1));
+        outputs_2.extend(net.take(2));
+        if outputs_1.iter().any(|output| matches!(output, TransportOutput::ChunkSent { .. })) {
+            break;
+        }
+    }
+    let sent = outputs_1.iter().find_map(|output| match output {
+        TransportOutput::ChunkSent { ticket: 5, result } => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(sent.map(|result| result.map(|report| report.bytes)), Some(Ok(content.len() as u64)));
+    let (body, result) = received_body(&outputs_2);
+    assert_eq!(result, Some(Ok(content.len() as u64)));
+    assert!(body == content, "the body arrived intact");
+    assert!(
+        outputs_2
+            .iter()
+            .any(|output| matches!(output, TransportOutput::ChunkIncoming { from: 1, size: 3_000_000, .. }))
+    );
+}
+
+#[test]
+fn a_body_that_does_not_match_its_digest_is_reported_on_both_sides() {
+    use super::chunk::TransferError;
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let now = net.now;
+    net.node(1).send_raft(now, 2, Bytes::from_static(b"connect"));
+    net.run_for(Duration::from_millis(100));
+    // A sender that lies about its digest: header, body, wrong digest.
+    let now = net.now;
+    let transport = net.node(1);
+    let handle = transport.peers[&2].active.unwrap();
+    let connection = transport.connections.get_mut(&handle).unwrap();
+    let stream = connection.quinn.streams().open(quinn_proto::Dir::Bi).unwrap();
+    let mut bytes = vec![0u8];
+    bytes.extend_from_slice(&4u64.to_be_bytes());
+    bytes.extend_from_slice(b"body");
+    bytes.extend_from_slice(&[0u8; 32]);
+    connection.quinn.send_stream(stream).write(&bytes).unwrap();
+    connection.quinn.send_stream(stream).finish().unwrap();
+    transport.drive_all(now);
+    net.run_for(Duration::from_millis(100));
+    let (body, result) = received_body(&net.take(2));
+    assert_eq!(body, b"body");
+    assert_eq!(result, Some(Err(TransferError::ChecksumMismatch)));
+    let transport = net.node(1);
+    let connection = transport.connections.get_mut(&handle).unwrap();
+    let mut status = connection.quinn.recv_stream(stream);
+    let mut chunks = status.read(true).unwrap();
+    let chunk = chunks.next(8).unwrap().unwrap();
+    assert_eq!(&chunk.bytes[..], &[1], "status byte 1: checksum mismatch");
+    let _ = chunks.finalize();
+}
+
+#[test]
+fn a_large_raft_message_rides_a_transfer_stream() {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let snapshot = Bytes::from(vec![9u8; super::RAFT_INLINE_BYTES_MAX + 1]);
+    let now = net.now;
+    net.node(1).send_raft(now, 2, Bytes::from_static(b"small"));
+    net.node(1).send_raft(now, 2, snapshot.clone());
+    net.run_for(Duration::from_secs(2));
+    let outputs = net.take(2);
+    let got = raft_from(&outputs);
+    assert_eq!(got.len(), 2, "both messages arrive");
+    assert_eq!(got[0], (1, Bytes::from_static(b"small")));
+    assert!(got[1] == (1, snapshot), "the large message arrives intact");
+    assert!(outputs.iter().all(|output| !matches!(output, TransportOutput::ChunkIncoming { .. })));
+}
+
+#[test]
+fn a_transfer_above_the_receivers_limit_is_refused() {
+    use super::chunk::{ChunkSource, TransferError};
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1]);
+    let identity = ca.identity(2, seed(7, 2)).unwrap();
+    let mut small = config(2, identity, &[1, 2], 1);
+    small.chunk_bytes_max = 1000;
+    net.add(2, Transport::new(small).unwrap());
+    let now = net.now;
+    net.node(1).update_peer_addr(now, 2, address(2));
+    net.node(1).send_chunk(now, 8, 2, ChunkSource::Memory(Bytes::from(vec![1u8; 1001])));
+    net.run_for(Duration::from_secs(1));
+    let sent = net.take(1).into_iter().find_map(|output| match output {
+        TransportOutput::ChunkSent { ticket: 8, result } => Some(result),
+        _ => None,
+    });
+    assert_eq!(sent, Some(Err(TransferError::Refused)));
+    let (_, result) = received_body(&net.take(2));
+    assert_eq!(result, Some(Err(TransferError::TooLarge { size: 1001, max: 1000 })));
+}

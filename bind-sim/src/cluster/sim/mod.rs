@@ -434,9 +434,7 @@ impl ClusterSim {
             }
             Output::Reply { id: command, reply } => self.on_reply(id, Handle(command.0), reply, step),
             Output::Event(event) => self.on_event(id, event),
-            Output::Transmit(_) | Output::OneWay { .. } | Output::Data { .. } => {
-                self.violate(format!("node {id} has no transport but produced {output:?}"))
-            }
+            other => self.violate(format!("node {id} has no transport but produced {other:?}")),
         }
     }
 

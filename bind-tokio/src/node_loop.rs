@@ -1,0 +1,350 @@
+//! A replicated node on tokio: one task owns the kernel and the UDP socket,
+//! one thread executes disk operations; callers on any task send commands
+//! and await the answer.
+//!
+//! The task decides nothing. It feeds what arrived (datagrams, commands,
+//! disk completions, the timer) to the [`Driver`], asks it to drain the
+//! kernel's outputs, and executes what comes out: datagrams go to the
+//! socket, one-way messages and data to [`NodeLoop::recv_delivery`].
+
+use std::collections::VecDeque;
+use std::future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use octopii_core::Kernel;
+use octopii_core::disk::DiskCompletion;
+use octopii_core::transport::Transmit;
+use octopii_core::transport::rpc::RequestHandler;
+use octopii_core::{Command, Reply};
+use octopii_mio::NodeOptions;
+use octopii_mio::disk::{DiskThread, FileDisk};
+use octopii_mio::driver::{Delivery, Driver, Executor, ReplySink};
+use tokio::net::UdpSocket;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::{OctopiiError, Result};
+
+/// The largest UDP payload received.
+const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
+/// Datagrams read in one wake-up before the kernel's outputs are drained;
+/// the rest are read on the next turn, so a flood cannot starve the timer.
+const DATAGRAMS_PER_WAKE_MAX: usize = 1024;
+/// Commands waiting for the loop; beyond it, [`NodeLoop::call`] waits.
+const COMMANDS_QUEUED_MAX: usize = 1024;
+/// Deliveries waiting for [`NodeLoop::recv_delivery`]; beyond it they are
+/// dropped (one-way messages promise no delivery) rather than stall Raft.
+const DELIVERIES_QUEUED_MAX: usize = 4096;
+/// Datagrams kept while the socket's send buffer is full; beyond it they
+/// are dropped, as the network would (QUIC retransmits).
+const UNSENT_DATAGRAMS_MAX: usize = 4096;
+/// How long a stopping node keeps its socket to tell peers it is leaving.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(50);
+
+enum Request {
+    Command { command: Command, reply: ReplySink },
+    Handler(RequestHandler),
+}
+
+/// A node running on a task of the current tokio runtime, and the handle
+/// to it. Share it with an `Arc` to call it from many tasks.
+///
+/// Dropping the handle stops the node as [`NodeLoop::shutdown`] does, but
+/// without waiting for the data directory to be released.
+#[derive(Debug)]
+pub struct NodeLoop {
+    id: u64,
+    local_addr: SocketAddr,
+    requests: mpsc::Sender<Request>,
+    deliveries: Mutex<mpsc::Receiver<Delivery>>,
+    task: JoinHandle<()>,
+}
+
+impl NodeLoop {
+    /// Binds the socket, opens and locks the data directory, and spawns the
+    /// node's task on the current runtime. The node recovers its log before
+    /// it answers commands (they wait).
+    ///
+    /// # Errors
+    ///
+    /// [`OctopiiError::NodeConfig`] for an invalid configuration,
+    /// [`OctopiiError::Io`] if the socket cannot be bound or the directory
+    /// cannot be used (for example, another running node holds it).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start(options: NodeOptions) -> Result<Self> {
+        let id = options.node.id;
+        let kernel = Kernel::new_networked_node(
+            options.kernel,
+            options.node,
+            options.state_machine,
+            options.transport,
+        )?;
+        // A directory creation and a lock: metadata calls, not data.
+        let disk = FileDisk::open(&options.data_dir)?;
+        let socket = UdpSocket::from_std(octopii_mio::node::bind_udp(options.bind_addr)?)?;
+        let local_addr = socket.local_addr()?;
+
+        let (completions, completion_queue) = mpsc::unbounded_channel::<Vec<DiskCompletion>>();
+        let disk = DiskThread::spawn(disk, move |done| completions.send(done).is_ok())?;
+        let driver = Driver::new(kernel, Executor::Thread(disk));
+        let (requests, request_queue) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let (deliver, deliveries) = mpsc::channel(DELIVERIES_QUEUED_MAX);
+        let state = Loop {
+            socket,
+            driver,
+            requests: request_queue,
+            completions: completion_queue,
+            deliver,
+            unsent: VecDeque::new(),
+        };
+        let task = tokio::spawn(state.run());
+        Ok(Self { id, local_addr, requests, deliveries: Mutex::new(deliveries), task })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address the node's socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs `command` and waits for its answer. While
+    /// 1024 commands wait for the loop, this waits for room first.
+    ///
+    /// # Errors
+    ///
+    /// [`OctopiiError::Shutdown`] if the node's task has stopped.
+    pub async fn call(&self, command: Command) -> Result<Reply> {
+        let (reply, answer) = oneshot::channel();
+        let sink: ReplySink = Box::new(move |answer| {
+            let _ = reply.send(answer);
+        });
+        self.send(Request::Command { command, reply: sink }).await?;
+        answer.await.map_err(|_| OctopiiError::Shutdown)
+    }
+
+    /// Installs the handler for incoming RPC requests, replacing any earlier
+    /// one. Without a handler, requests are answered with an error payload.
+    ///
+    /// The handler runs on the node's task, so it must answer quickly: while
+    /// it runs, the node serves nothing else, and neither do the tasks
+    /// queued behind it on the same worker. A handler that must block should
+    /// wrap the wait in [`tokio::task::block_in_place`] (multi-threaded
+    /// runtime), which hands those tasks to another thread.
+    ///
+    /// # Errors
+    ///
+    /// [`OctopiiError::Shutdown`] if the node's task has stopped.
+    pub async fn set_request_handler(&self, handler: RequestHandler) -> Result<()> {
+        self.send(Request::Handler(handler)).await
+    }
+
+    /// The next one-way message or data from a peer; `None` once the node
+    /// has stopped. Up to 4096 wait here; beyond that, new ones are dropped.
+    pub async fn recv_delivery(&self) -> Option<Delivery> {
+        self.deliveries.lock().await.recv().await
+    }
+
+    /// Stops the node: pending requests fail, peers are told (for about
+    /// 50 ms), then the disk thread finishes the operations already queued.
+    /// Returns once the socket and the data directory are released, so the
+    /// directory can be opened again at once.
+    pub async fn shutdown(self) {
+        let Self { requests, task, .. } = self;
+        // The loop stops once every sender is gone; the handle holds the
+        // only one.
+        drop(requests);
+        if let Err(error) = task.await {
+            tracing::error!(%error, "node task failed");
+        }
+    }
+
+    async fn send(&self, request: Request) -> Result<()> {
+        self.requests.send(request).await.map_err(|_| OctopiiError::Shutdown)
+    }
+}
+
+/// What woke the loop.
+enum Wake {
+    Datagram(io::Result<(usize, SocketAddr)>),
+    Request(Option<Request>),
+    Disk(Option<Vec<DiskCompletion>>),
+    Writable(io::Result<()>),
+    Timer,
+}
+
+struct Loop {
+    socket: UdpSocket,
+    driver: Driver,
+    requests: mpsc::Receiver<Request>,
+    completions: mpsc::UnboundedReceiver<Vec<DiskCompletion>>,
+    deliver: mpsc::Sender<Delivery>,
+    /// Datagrams waiting for the socket to become writable, oldest first.
+    unsent: VecDeque<Transmit>,
+}
+
+impl Loop {
+    async fn run(mut self) {
+        let mut buffer = vec![0; DATAGRAM_BYTES_MAX];
+        let mut stopping_until: Option<Instant> = None;
+        let mut disk_running = true;
+        // The kernel's first outputs, from `Driver::new`.
+        self.flush();
+        loop {
+            let mut deadline = self.driver.next_timeout();
+            if let Some(stop) = stopping_until {
+                deadline = Some(deadline.map_or(stop, |at| at.min(stop)));
+            }
+            let wake = tokio::select! {
+                received = self.socket.recv_from(&mut buffer) => Wake::Datagram(received),
+                request = self.requests.recv(), if stopping_until.is_none() => Wake::Request(request),
+                done = self.completions.recv(), if disk_running => Wake::Disk(done),
+                writable = self.socket.writable(), if !self.unsent.is_empty() => Wake::Writable(writable),
+                () = sleep_until(deadline) => Wake::Timer,
+            };
+            let now = clock();
+            let mut requests_open = stopping_until.is_none();
+            match wake {
+                Wake::Request(Some(request)) => self.feed_request(now, request),
+                Wake::Request(None) => requests_open = false,
+                Wake::Disk(Some(done)) => self.driver.disk_done(now, done),
+                Wake::Disk(None) => {
+                    // The disk thread only stops while the loop runs if it
+                    // died: the log can make no progress.
+                    tracing::error!("node's disk thread stopped; stopping the node");
+                    disk_running = false;
+                    requests_open = false;
+                }
+                Wake::Datagram(received) => self.feed_received(now, received, &buffer),
+                Wake::Writable(Err(error)) => tracing::debug!(%error, "udp socket"),
+                Wake::Writable(Ok(())) | Wake::Timer => {}
+            }
+            // Take whatever else is waiting, so that commands fed together
+            // share one log batch and a burst of datagrams is one drain.
+            if requests_open {
+                requests_open = self.take_requests(now);
+            }
+            if stopping_until.is_none() && !requests_open {
+                self.driver.shutdown(now);
+                stopping_until = Some(now + SHUTDOWN_LINGER);
+            }
+            while let Ok(done) = self.completions.try_recv() {
+                self.driver.disk_done(now, done);
+            }
+            self.take_datagrams(now, &mut buffer);
+            self.driver.timeout(now);
+            self.driver.drain();
+            self.flush();
+            if stopping_until.is_some_and(|stop| now >= stop) {
+                break;
+            }
+        }
+        let Self { socket, driver, .. } = self;
+        drop(socket);
+        // Joining the disk thread waits for its last operations (a sync,
+        // perhaps): keep that off the runtime's workers.
+        if tokio::task::spawn_blocking(move || driver.close()).await.is_err() {
+            tracing::warn!("node's disk thread was not joined");
+        }
+    }
+
+    fn feed_request(&mut self, now: Instant, request: Request) {
+        match request {
+            Request::Command { command, reply } => self.driver.command(now, command, reply),
+            Request::Handler(handler) => self.driver.set_request_handler(handler),
+        }
+    }
+
+    /// Feeds every waiting request; `false` once every caller has gone.
+    fn take_requests(&mut self, now: Instant) -> bool {
+        for _ in 0..COMMANDS_QUEUED_MAX {
+            match self.requests.try_recv() {
+                Ok(request) => self.feed_request(now, request),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
+    }
+
+    fn feed_received(&mut self, now: Instant, received: io::Result<(usize, SocketAddr)>, buffer: &[u8]) {
+        match received {
+            Ok((length, from)) => self.driver.datagram(now, from, BytesMut::from(&buffer[..length])),
+            // ICMP errors surface here on some systems; the datagram is
+            // lost either way.
+            Err(error) => tracing::debug!(%error, "udp receive"),
+        }
+    }
+
+    /// Reads datagrams already queued on the socket, without waiting.
+    fn take_datagrams(&mut self, now: Instant, buffer: &mut [u8]) {
+        for _ in 0..DATAGRAMS_PER_WAKE_MAX {
+            match self.socket.try_recv_from(buffer) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                received => self.feed_received(now, received, buffer),
+            }
+        }
+    }
+
+    /// Sends the kernel's datagrams until the socket pushes back (the rest
+    /// wait for it to become writable) and hands deliveries to the handle.
+    fn flush(&mut self) {
+        self.unsent.extend(self.driver.take_transmits());
+        while let Some(transmit) = self.unsent.front_mut() {
+            let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
+            let mut blocked = false;
+            while !transmit.contents.is_empty() {
+                let length = segment.min(transmit.contents.len());
+                match self.socket.try_send_to(&transmit.contents[..length], transmit.destination) {
+                    Ok(_) => {}
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(error) => tracing::debug!(%error, to = %transmit.destination, "udp send"),
+                }
+                // Segments already sent must not be sent again when the
+                // socket becomes writable.
+                transmit.contents.advance(length);
+            }
+            if blocked {
+                break;
+            }
+            self.unsent.pop_front();
+        }
+        while self.unsent.len() > UNSENT_DATAGRAMS_MAX {
+            self.unsent.pop_front();
+        }
+        for delivery in self.driver.take_deliveries() {
+            match self.deliver.try_send(delivery) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!("deliveries are not being received; one dropped")
+                }
+            }
+        }
+    }
+}
+
+/// The loop's clock: tokio's, so that a runtime with paused time drives
+/// the kernel's timers too.
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+        None => future::pending().await,
+    }
+}
