@@ -336,7 +336,9 @@ pub struct Transport {
     node_id: u64,
     endpoint: Endpoint,
     client_config: ClientConfig,
-    connections: BTreeMap<ConnectionHandle, Connection>,
+    /// Boxed: a connection is kilobytes, and each is taken out of the map
+    /// while it is driven.
+    connections: BTreeMap<ConnectionHandle, Box<Connection>>,
     peers: BTreeMap<u64, Peer>,
     pending: BTreeMap<MessageId, PendingCall>,
     deadlines: BTreeSet<(Instant, MessageId)>,
@@ -650,7 +652,7 @@ impl Transport {
                     self.buffer.clear();
                     match self.endpoint.accept(incoming, now, &mut self.buffer, None) {
                         Ok((handle, quinn)) => {
-                            self.connections.insert(handle, Connection::new(quinn, None, false));
+                            self.connections.insert(handle, Box::new(Connection::new(quinn, None, false)));
                             self.dirty.insert(handle);
                         }
                         Err(error) => {
@@ -758,7 +760,7 @@ impl Transport {
         match self.endpoint.connect(now, self.client_config.clone(), address, &name) {
             Ok((handle, quinn)) => {
                 peer.dialing = Some(handle);
-                self.connections.insert(handle, Connection::new(quinn, Some(peer_id), true));
+                self.connections.insert(handle, Box::new(Connection::new(quinn, Some(peer_id), true)));
                 self.dirty.insert(handle);
             }
             Err(error) => {
