@@ -17,11 +17,13 @@
 //!   scripted scenarios;
 //! - [`wal`]: randomized log runs with crashes and faults ([`run_wal`]) and
 //!   the bit-rot scenario ([`run_corruption`]);
+//! - [`crypto`]: a seeded TLS provider, so simulated QUIC is reproducible;
 //! - [`cluster`]: Raft clusters of kernels over a simulated network, driven
 //!   by scripts ([`ClusterSim`]) or by a randomized workload with faults
 //!   ([`run_cluster`]), checked by oracles.
 
 pub mod cluster;
+pub mod crypto;
 pub mod disk;
 pub mod step;
 pub mod time;
