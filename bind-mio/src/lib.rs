@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod driver;
+pub mod identity;
 pub mod node;
 mod wal;
 
