@@ -280,7 +280,7 @@ impl Harness {
                     Output::Disk(op) => ops.push_back(op),
                     Output::Reply { id, reply } => self.replies.push((id, reply)),
                     Output::Event(_) => {}
-                    Output::Send { .. } => panic!("a standalone log sent a raft message"),
+                    other => panic!("a standalone log emitted {other:?}"),
                 }
             }
             let Some(op) = ops.pop_front() else { return };

@@ -12,7 +12,8 @@
 //! [`CHUNK_PIECE_BYTES`] at a time with at most [`CHUNK_PIECES_AHEAD_MAX`]
 //! pieces held, so a transfer never holds the file in memory; QUIC flow
 //! control paces it. The receiver hands the body to the application piece
-//! by piece and checks the digest before answering.
+//! by piece and checks the digest before answering; its parsing is a
+//! [`ChunkDecoder`], which knows nothing of streams.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -40,10 +41,13 @@ const STATUS_ERROR: u8 = 2;
 /// The stream error code for a transfer abandoned by either side.
 pub(crate) const STATUS_ERROR_CODE: u32 = STATUS_ERROR as u32;
 
-/// Who a transfer's body is for.
+/// Who a transfer's body is for: the first byte of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Purpose {
+pub enum Purpose {
+    /// Byte 0: the application's, handed on piece by piece.
     Application = 0,
+    /// Byte 1: a Raft message too large for the message stream, collected
+    /// whole (up to [`crate::raft::MESSAGE_BYTES_MAX`]) and handed to Raft.
     Raft = 1,
 }
 
@@ -310,6 +314,199 @@ pub(crate) fn refused_or_reset(code: VarInt) -> TransferError {
     }
 }
 
+/// What a [`ChunkDecoder`] found in the bytes pushed to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkEvent {
+    /// The header arrived and its size is within the limit. Comes once,
+    /// before any body bytes.
+    Started {
+        /// The announced body size.
+        size: u64,
+    },
+    /// The next body bytes of an application transfer. A Raft body is
+    /// collected instead: see [`ChunkDecoder::take_raft_body`].
+    Data(Bytes),
+}
+
+/// The receiving side of the wire format in the module doc, without the
+/// stream: it reads the header, hands the body on, hashes it, and compares
+/// the digest that follows.
+///
+/// Push bytes as they arrive, in pieces of any size, with
+/// [`ChunkDecoder::push`]. Once [`ChunkDecoder::is_complete`],
+/// [`ChunkDecoder::finish`] says whether the body matched its digest, and a
+/// verified Raft body can be taken with [`ChunkDecoder::take_raft_body`].
+///
+/// The decoder never trusts the announced size: it is checked against the
+/// limit as soon as the header is in, and never reserved. What it holds
+/// grows only with the bytes pushed ([`ChunkDecoder::held_bytes`]).
+#[derive(Debug)]
+pub struct ChunkDecoder {
+    /// The largest application body accepted.
+    size_max: u64,
+    header: [u8; CHUNK_HEADER_BYTES],
+    header_len: usize,
+    purpose: Purpose,
+    /// Set once the header is in and accepted.
+    size: Option<u64>,
+    /// Body bytes received.
+    received: u64,
+    hasher: Sha256,
+    digest: [u8; CHUNK_DIGEST_BYTES],
+    digest_len: usize,
+    /// A Raft transfer's body, until taken.
+    raft_body: Option<Vec<u8>>,
+    /// Whether the computed digest matched, once the digest is in and
+    /// [`ChunkDecoder::finish`] has compared them.
+    verified: Option<bool>,
+    /// The error that ended the transfer; every later push returns it.
+    failure: Option<TransferError>,
+}
+
+impl ChunkDecoder {
+    /// A decoder for one transfer, accepting application bodies up to
+    /// `size_max` bytes. Raft bodies have their own limit,
+    /// [`crate::raft::MESSAGE_BYTES_MAX`].
+    #[must_use]
+    pub fn new(size_max: u64) -> Self {
+        Self {
+            size_max,
+            header: [0; CHUNK_HEADER_BYTES],
+            header_len: 0,
+            purpose: Purpose::Application,
+            size: None,
+            received: 0,
+            hasher: Sha256::new(),
+            digest: [0; CHUNK_DIGEST_BYTES],
+            digest_len: 0,
+            raft_body: None,
+            verified: None,
+            failure: None,
+        }
+    }
+
+    /// Who the body is for: [`Purpose::Application`] until the header says
+    /// otherwise.
+    #[must_use]
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    /// Whether all of the transfer, digest included, has arrived.
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        self.digest_len == CHUNK_DIGEST_BYTES
+    }
+
+    /// Bytes the decoder holds on the heap: the room taken by the Raft body
+    /// collected so far (zero for an application transfer, whose body is
+    /// handed on). It grows with the bytes pushed, never with the announced
+    /// size.
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.raft_body.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// Takes bytes that arrived; `events` gets what they mean, in order,
+    /// including the events found before an error.
+    ///
+    /// # Errors
+    ///
+    /// The transfer is over, and every later push returns the same error:
+    /// [`TransferError::Malformed`] for an unknown purpose byte or bytes after
+    /// the digest, [`TransferError::TooLarge`] for a size above the limit.
+    pub fn push(&mut self, bytes: Bytes, events: &mut Vec<ChunkEvent>) -> Result<(), TransferError> {
+        if let Some(error) = &self.failure {
+            return Err(error.clone());
+        }
+        let result = self.consume(bytes, events);
+        if let Err(error) = &result {
+            self.failure = Some(error.clone());
+        }
+        result
+    }
+
+    fn consume(&mut self, mut bytes: Bytes, events: &mut Vec<ChunkEvent>) -> Result<(), TransferError> {
+        if self.size.is_none() {
+            let take = (CHUNK_HEADER_BYTES - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes.split_to(take));
+            self.header_len += take;
+            if self.header_len < CHUNK_HEADER_BYTES {
+                return Ok(());
+            }
+            self.purpose = match self.header[0] {
+                0 => Purpose::Application,
+                1 => Purpose::Raft,
+                other => return Err(TransferError::Malformed(format!("unknown purpose {other}"))),
+            };
+            let size =
+                u64::from_be_bytes(self.header[1..].try_into().expect("eight bytes after the purpose"));
+            let max = match self.purpose {
+                Purpose::Application => self.size_max,
+                Purpose::Raft => crate::raft::MESSAGE_BYTES_MAX as u64,
+            };
+            if size > max {
+                return Err(TransferError::TooLarge { size, max });
+            }
+            self.size = Some(size);
+            if self.purpose == Purpose::Raft {
+                // Empty: the body grows as it arrives, whatever the header claims.
+                self.raft_body = Some(Vec::new());
+            }
+            events.push(ChunkEvent::Started { size });
+        }
+        let size = self.size.expect("set once the header is in");
+        let body = (size - self.received).min(bytes.len() as u64) as usize;
+        if body > 0 {
+            let piece = bytes.split_to(body);
+            self.hasher.update(&piece);
+            self.received += body as u64;
+            match &mut self.raft_body {
+                None => events.push(ChunkEvent::Data(piece)),
+                Some(raft_body) => raft_body.extend_from_slice(&piece),
+            }
+        }
+        let take = (CHUNK_DIGEST_BYTES - self.digest_len).min(bytes.len());
+        self.digest[self.digest_len..self.digest_len + take].copy_from_slice(&bytes.split_to(take));
+        self.digest_len += take;
+        if !bytes.is_empty() {
+            return Err(TransferError::Malformed("bytes after the digest".into()));
+        }
+        Ok(())
+    }
+
+    /// The transfer's outcome: `None` while bytes are missing, then the
+    /// verified body size, the same each time it is asked.
+    ///
+    /// # Errors
+    ///
+    /// [`TransferError::ChecksumMismatch`] when the body does not match its
+    /// digest, or the error a push returned.
+    pub fn finish(&mut self) -> Option<Result<u64, TransferError>> {
+        if let Some(error) = &self.failure {
+            return Some(Err(error.clone()));
+        }
+        if !self.is_complete() {
+            return None;
+        }
+        let verified = *self.verified.get_or_insert_with(|| {
+            let computed = std::mem::take(&mut self.hasher).finalize();
+            computed.as_slice() == self.digest
+        });
+        Some(if verified { Ok(self.received) } else { Err(TransferError::ChecksumMismatch) })
+    }
+
+    /// A Raft transfer's body, once [`ChunkDecoder::finish`] has verified
+    /// it. `None` for an application transfer, before verification, after a
+    /// mismatch or an error, and once taken.
+    pub fn take_raft_body(&mut self) -> Option<Bytes> {
+        if self.verified != Some(true) || self.failure.is_some() {
+            return None;
+        }
+        self.raft_body.take().map(Bytes::from)
+    }
+}
+
 /// What a receiving stream produced.
 pub(crate) enum Received {
     /// The header arrived.
@@ -321,38 +518,18 @@ pub(crate) enum Received {
     Finished { result: Result<u64, TransferError>, raft: Option<Bytes> },
 }
 
-/// A transfer this node receives.
+/// A transfer this node receives: a [`ChunkDecoder`] fed from its stream.
 pub(crate) struct Incoming {
     pub(crate) transfer: TransferId,
     pub(crate) from: u64,
     pub(crate) stream: StreamId,
-    header: Vec<u8>,
-    purpose: Purpose,
-    size: Option<u64>,
-    received: u64,
-    hasher: Sha256,
-    digest: Vec<u8>,
-    raft_body: Vec<u8>,
-    size_max: u64,
+    decoder: ChunkDecoder,
     done: bool,
 }
 
 impl Incoming {
     pub(crate) fn new(transfer: TransferId, from: u64, stream: StreamId, size_max: u64) -> Self {
-        Self {
-            transfer,
-            from,
-            stream,
-            header: Vec::with_capacity(CHUNK_HEADER_BYTES),
-            purpose: Purpose::Application,
-            size: None,
-            received: 0,
-            hasher: Sha256::new(),
-            digest: Vec::with_capacity(CHUNK_DIGEST_BYTES),
-            raft_body: Vec::new(),
-            size_max,
-            done: false,
-        }
+        Self { transfer, from, stream, decoder: ChunkDecoder::new(size_max), done: false }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -360,7 +537,7 @@ impl Incoming {
     }
 
     pub(crate) fn purpose(&self) -> Purpose {
-        self.purpose
+        self.decoder.purpose()
     }
 
     /// Reads what has arrived; `out` gets what it means.
@@ -370,13 +547,14 @@ impl Incoming {
         }
         let mut failure = None;
         let mut ended = false;
+        let mut events = Vec::new();
         {
             let mut stream = connection.recv_stream(self.stream);
             let Ok(mut chunks) = stream.read(true) else { return };
             loop {
                 match chunks.next(CHUNK_PIECE_BYTES) {
                     Ok(Some(chunk)) => {
-                        if let Err(error) = self.consume(chunk.bytes, out) {
+                        if let Err(error) = self.decoder.push(chunk.bytes, &mut events) {
                             failure = Some(error);
                             break;
                         }
@@ -394,7 +572,11 @@ impl Incoming {
             }
             let _ = chunks.finalize();
         }
-        if failure.is_none() && ended && self.digest.len() < CHUNK_DIGEST_BYTES {
+        out.extend(events.into_iter().map(|event| match event {
+            ChunkEvent::Started { size } => Received::Started { size },
+            ChunkEvent::Data(data) => Received::Data(data),
+        }));
+        if failure.is_none() && ended && !self.decoder.is_complete() {
             failure = Some(TransferError::Interrupted("stream ended inside the transfer".into()));
         }
         if let Some(error) = failure {
@@ -403,59 +585,16 @@ impl Incoming {
             out.push(Received::Finished { result: Err(error), raft: None });
             return;
         }
-        if self.digest.len() == CHUNK_DIGEST_BYTES {
-            let computed = std::mem::take(&mut self.hasher).finalize();
-            let verified = computed.as_slice() == self.digest.as_slice();
-            self.answer(connection, if verified { STATUS_OK } else { STATUS_CHECKSUM_MISMATCH });
-            let result = if verified { Ok(self.received) } else { Err(TransferError::ChecksumMismatch) };
-            let raft = (verified && self.purpose == Purpose::Raft)
-                .then(|| std::mem::take(&mut self.raft_body).into());
+        if let Some(result) = self.decoder.finish() {
+            let status = match &result {
+                Ok(_) => STATUS_OK,
+                Err(TransferError::ChecksumMismatch) => STATUS_CHECKSUM_MISMATCH,
+                Err(_) => STATUS_ERROR,
+            };
+            self.answer(connection, status);
+            let raft = self.decoder.take_raft_body();
             out.push(Received::Finished { result, raft });
         }
-    }
-
-    fn consume(&mut self, mut bytes: Bytes, out: &mut Vec<Received>) -> Result<(), TransferError> {
-        if self.size.is_none() {
-            let take = (CHUNK_HEADER_BYTES - self.header.len()).min(bytes.len());
-            self.header.extend_from_slice(&bytes.split_to(take));
-            if self.header.len() < CHUNK_HEADER_BYTES {
-                return Ok(());
-            }
-            self.purpose = match self.header[0] {
-                0 => Purpose::Application,
-                1 => Purpose::Raft,
-                other => return Err(TransferError::Malformed(format!("unknown purpose {other}"))),
-            };
-            let size =
-                u64::from_be_bytes(self.header[1..].try_into().expect("eight bytes after the purpose"));
-            let max = if self.purpose == Purpose::Raft {
-                crate::raft::MESSAGE_BYTES_MAX as u64
-            } else {
-                self.size_max
-            };
-            if size > max {
-                return Err(TransferError::TooLarge { size, max });
-            }
-            self.size = Some(size);
-            out.push(Received::Started { size });
-        }
-        let size = self.size.expect("set above");
-        let body = (size - self.received).min(bytes.len() as u64) as usize;
-        if body > 0 {
-            let piece = bytes.split_to(body);
-            self.hasher.update(&piece);
-            self.received += body as u64;
-            match self.purpose {
-                Purpose::Application => out.push(Received::Data(piece)),
-                Purpose::Raft => self.raft_body.extend_from_slice(&piece),
-            }
-        }
-        let take = (CHUNK_DIGEST_BYTES - self.digest.len()).min(bytes.len());
-        self.digest.extend_from_slice(&bytes.split_to(take));
-        if !bytes.is_empty() {
-            return Err(TransferError::Malformed("bytes after the digest".into()));
-        }
-        Ok(())
     }
 
     fn answer(&mut self, connection: &mut quinn_proto::Connection, status: u8) {
@@ -463,5 +602,133 @@ impl Incoming {
         let mut stream = connection.send_stream(self.stream);
         let _ = stream.write(&[status]);
         let _ = stream.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer as the sender writes it.
+    fn encode(purpose: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![purpose];
+        bytes.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(&Sha256::digest(body));
+        bytes
+    }
+
+    /// What a decoder made of `bytes` pushed in pieces of `piece` bytes:
+    /// the announced size, the application body, the Raft body and the
+    /// outcome.
+    struct Decoded {
+        started: Option<u64>,
+        data: Vec<u8>,
+        raft: Option<Bytes>,
+        outcome: Option<Result<u64, TransferError>>,
+    }
+
+    fn decode(bytes: &[u8], piece: usize, size_max: u64) -> Decoded {
+        let mut decoder = ChunkDecoder::new(size_max);
+        let mut events = Vec::new();
+        for chunk in bytes.chunks(piece.max(1)) {
+            if decoder.push(Bytes::copy_from_slice(chunk), &mut events).is_err() {
+                break;
+            }
+        }
+        let mut decoded = Decoded { started: None, data: Vec::new(), raft: None, outcome: decoder.finish() };
+        for event in events {
+            match event {
+                ChunkEvent::Started { size } => {
+                    assert!(
+                        decoded.started.is_none() && decoded.data.is_empty(),
+                        "started comes once, first"
+                    );
+                    decoded.started = Some(size);
+                }
+                ChunkEvent::Data(data) => decoded.data.extend_from_slice(&data),
+            }
+        }
+        decoded.raft = decoder.take_raft_body();
+        decoded
+    }
+
+    #[test]
+    fn transfers_are_verified_whatever_the_piece_size() {
+        let body: Vec<u8> = (0..1000u32).map(|index| index as u8).collect();
+        let check = |purpose: u8, body: &[u8]| {
+            let bytes = encode(purpose, body);
+            for piece in [1, 2, 9, 10, 40, 41, 64, bytes.len()] {
+                let decoded = decode(&bytes, piece, body.len() as u64);
+                assert_eq!(decoded.started, Some(body.len() as u64), "piece size {piece}");
+                assert_eq!(decoded.outcome, Some(Ok(body.len() as u64)), "piece size {piece}");
+                if purpose == Purpose::Raft as u8 {
+                    assert!(decoded.data.is_empty(), "a raft body is not handed on piece by piece");
+                    assert_eq!(decoded.raft.as_deref(), Some(body), "piece size {piece}");
+                } else {
+                    assert_eq!(decoded.data, body, "piece size {piece}");
+                    assert_eq!(decoded.raft, None);
+                }
+            }
+        };
+        check(0, &body);
+        check(1, &body);
+        check(0, &[]);
+        check(1, &[]);
+    }
+
+    #[test]
+    fn bad_transfers_fail() {
+        let check = |bytes: &[u8], size_max: u64, expected: Option<Result<u64, TransferError>>| {
+            for piece in [1, 3, bytes.len()] {
+                let decoded = decode(bytes, piece, size_max);
+                assert_eq!(decoded.outcome, expected, "piece size {piece} of {bytes:?}");
+                assert_eq!(decoded.raft, None);
+            }
+        };
+        let mut flipped = encode(1, b"raft message");
+        flipped[CHUNK_HEADER_BYTES] ^= 1;
+        check(&flipped, 100, Some(Err(TransferError::ChecksumMismatch)));
+        let mut digest_flipped = encode(0, b"body");
+        *digest_flipped.last_mut().unwrap() ^= 0x80;
+        check(&digest_flipped, 100, Some(Err(TransferError::ChecksumMismatch)));
+        check(&encode(2, b"body"), 100, Some(Err(TransferError::Malformed("unknown purpose 2".into()))));
+        check(&encode(0, b"body"), 3, Some(Err(TransferError::TooLarge { size: 4, max: 3 })));
+        let max = crate::raft::MESSAGE_BYTES_MAX as u64;
+        let mut huge_raft = vec![1];
+        huge_raft.extend_from_slice(&(max + 1).to_be_bytes());
+        check(&huge_raft, u64::MAX, Some(Err(TransferError::TooLarge { size: max + 1, max })));
+        let mut trailing = encode(0, b"body");
+        trailing.push(0);
+        check(&trailing, 100, Some(Err(TransferError::Malformed("bytes after the digest".into()))));
+        let whole = encode(0, b"body");
+        check(&whole[..whole.len() - 1], 100, None);
+        check(&whole[..4], 100, None);
+        check(&[], 100, None);
+    }
+
+    #[test]
+    fn the_announced_size_is_never_reserved() {
+        let mut decoder = ChunkDecoder::new(u64::MAX);
+        let mut events = Vec::new();
+        let mut header = vec![Purpose::Raft as u8];
+        header.extend_from_slice(&(crate::raft::MESSAGE_BYTES_MAX as u64).to_be_bytes());
+        decoder.push(header.into(), &mut events).unwrap();
+        assert_eq!(events, [ChunkEvent::Started { size: crate::raft::MESSAGE_BYTES_MAX as u64 }]);
+        assert_eq!(decoder.held_bytes(), 0);
+        decoder.push(Bytes::from_static(&[7; 100]), &mut events).unwrap();
+        assert!(decoder.held_bytes() < 1000, "holds {} bytes", decoder.held_bytes());
+        assert_eq!(decoder.finish(), None);
+    }
+
+    #[test]
+    fn a_failed_decoder_stays_failed() {
+        let mut decoder = ChunkDecoder::new(100);
+        let mut events = Vec::new();
+        let error = TransferError::Malformed("unknown purpose 9".into());
+        assert_eq!(decoder.push(Bytes::from_static(&[9; 9]), &mut events), Err(error.clone()));
+        assert_eq!(decoder.push(Bytes::new(), &mut events), Err(error.clone()));
+        assert_eq!(decoder.finish(), Some(Err(error)));
+        assert!(events.is_empty());
     }
 }
