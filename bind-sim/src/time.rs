@@ -4,7 +4,8 @@
 //! The core only ever compares the `Instant`s it is given, so any epoch
 //! works; taking it once per process keeps the real clock out of every run.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,41 @@ impl VirtualClock {
 /// depends on anything but its seed.
 #[derive(Debug)]
 pub struct EventQueue<E> {
-    events: BTreeMap<(Duration, u64), E>,
+    /// A binary heap rather than an ordered map: the run only ever needs
+    /// the earliest event, and the keys are unique, so the order is the
+    /// same and each push or pop moves a few entries instead of a node.
+    events: BinaryHeap<Scheduled<E>>,
     next_seq: u64,
+}
+
+/// One event in the queue, ordered so that the heap's greatest is the
+/// earliest `(at, seq)`.
+#[derive(Debug)]
+struct Scheduled<E> {
+    at: Duration,
+    seq: u64,
+    event: E,
+}
+
+impl<E> PartialEq for Scheduled<E> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl<E> Eq for Scheduled<E> {}
+
+impl<E> PartialOrd for Scheduled<E> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<E> Ord for Scheduled<E> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: `BinaryHeap` pops its greatest element.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
 }
 
 impl<E> Default for EventQueue<E> {
@@ -82,23 +116,23 @@ impl<E> Default for EventQueue<E> {
 impl<E> EventQueue<E> {
     /// An empty queue.
     pub fn new() -> Self {
-        Self { events: BTreeMap::new(), next_seq: 0 }
+        Self { events: BinaryHeap::new(), next_seq: 0 }
     }
 
     /// Schedules `event` at virtual time `at`.
     pub fn push(&mut self, at: Duration, event: E) {
-        self.events.insert((at, self.next_seq), event);
+        self.events.push(Scheduled { at, seq: self.next_seq, event });
         self.next_seq += 1;
     }
 
     /// Removes and returns the earliest event with its time.
     pub fn pop(&mut self) -> Option<(Duration, E)> {
-        self.events.pop_first().map(|((at, _), event)| (at, event))
+        self.events.pop().map(|scheduled| (scheduled.at, scheduled.event))
     }
 
     /// The time of the earliest event, without removing it.
     pub fn next_at(&self) -> Option<Duration> {
-        self.events.first_key_value().map(|((at, _), _)| *at)
+        self.events.peek().map(|scheduled| scheduled.at)
     }
 
     /// Number of scheduled events.

@@ -9,6 +9,7 @@
 //! Wall time is read through the simulator's epoch, the only real clock it
 //! knows.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -101,10 +102,15 @@ pub fn run_bench(config: BenchConfig) -> Result<BenchResult, String> {
     let leader = sim.await_leader(Duration::from_secs(10)).ok_or("no leader elected")?;
     let start_wall = crate::time::epoch().elapsed();
     let start_virtual = sim.now();
-    let mut in_flight: Vec<Handle> = Vec::with_capacity(config.clients);
-    let command = |client: usize| Command::Propose(Bytes::from(format!("SET b{client} x")));
+    // Each client proposes the same command each time: made once, each
+    // proposal shares its bytes.
+    let commands: Vec<Bytes> =
+        (0..config.clients).map(|client| Bytes::from(format!("SET b{client} x"))).collect();
+    let command = |client: usize| Command::Propose(commands[client].clone());
+    // The client waiting on each handle.
+    let mut in_flight: BTreeMap<Handle, usize> = BTreeMap::new();
     for client in 0..config.clients {
-        in_flight.push(sim.submit(leader, command(client)));
+        in_flight.insert(sim.submit(leader, command(client)), client);
     }
     let mut commits = 0u64;
     while commits < config.commits {
@@ -114,12 +120,12 @@ pub fn run_bench(config: BenchConfig) -> Result<BenchResult, String> {
                 .map_or_else(|| String::from("no progress for 10 s"), ToString::to_string));
         }
         for handle in sim.take_completions() {
-            let Some(client) = in_flight.iter().position(|&waiting| waiting == handle) else { continue };
+            let Some(client) = in_flight.remove(&handle) else { continue };
             match sim.reply(handle) {
                 Some(Reply::Proposed(Ok(Ok(_)))) => commits += 1,
                 other => return Err(format!("a benchmark proposal failed: {other:?}")),
             }
-            in_flight[client] = sim.submit(leader, command(client));
+            in_flight.insert(sim.submit(leader, command(client)), client);
         }
     }
     let wall = crate::time::epoch().elapsed().saturating_sub(start_wall);

@@ -98,6 +98,28 @@ pub struct NetworkCounts {
     pub undeliverable: u64,
 }
 
+/// Most copies of one message the network delivers (the original and a
+/// duplicate).
+const COPIES_MAX: usize = 2;
+
+/// Where one message goes: the delays of its copies, without allocating
+/// (a run routes millions of messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Route {
+    delays: [Duration; COPIES_MAX],
+    copies: usize,
+}
+
+impl Route {
+    /// A message that is lost: no copy arrives.
+    const LOST: Self = Self { delays: [Duration::ZERO; COPIES_MAX], copies: 0 };
+
+    /// The delay of each copy that arrives, in the order they were drawn.
+    pub(crate) fn delays(&self) -> &[Duration] {
+        &self.delays[..self.copies]
+    }
+}
+
 /// The network: its config, the cut links and the counts.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Network {
@@ -152,13 +174,13 @@ impl Network {
         !self.cut.is_empty()
     }
 
-    /// The delays after which copies of a message sent now arrive; empty
+    /// The delays after which copies of a message sent now arrive; none
     /// when it is lost.
-    pub(crate) fn route(&mut self, rng: &mut impl Rng, from: u64, to: u64, bytes: usize) -> Vec<Duration> {
+    pub(crate) fn route(&mut self, rng: &mut impl Rng, from: u64, to: u64, bytes: usize) -> Route {
         self.counts.sent += 1;
         if !self.connected(from, to) {
             self.counts.cut += 1;
-            return Vec::new();
+            return Route::LOST;
         }
         if let Some((bytes_min, count)) = self.losses.get_mut(&(from, to))
             && bytes >= *bytes_min
@@ -168,11 +190,11 @@ impl Network {
                 self.losses.remove(&(from, to));
             }
             self.counts.targeted += 1;
-            return Vec::new();
+            return Route::LOST;
         }
         if chance(rng, self.config.drop) {
             self.counts.dropped += 1;
-            return Vec::new();
+            return Route::LOST;
         }
         let copies = if chance(rng, self.config.duplicate) {
             self.counts.duplicated += 1;
@@ -180,7 +202,12 @@ impl Network {
         } else {
             1
         };
-        (0..copies).map(|_| self.delay(rng)).collect()
+        let mut route = Route::LOST;
+        for copy in 0..copies {
+            route.delays[copy] = self.delay(rng);
+        }
+        route.copies = copies;
+        route
     }
 
     fn delay(&mut self, rng: &mut impl Rng) -> Duration {

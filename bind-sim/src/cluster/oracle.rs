@@ -39,13 +39,13 @@ struct Committed {
 }
 
 /// The key a key-value command writes, if it is a write that succeeded.
-pub(crate) fn written_key(command: &[u8], result: &Result<Bytes, String>) -> Option<Bytes> {
+pub(crate) fn written_key<'a>(command: &'a [u8], result: &Result<Bytes, String>) -> Option<&'a [u8]> {
     if result.is_err() {
         return None;
     }
     let rest = command.strip_prefix(b"SET ").or_else(|| command.strip_prefix(b"DELETE "))?;
     let key = rest.split(|&byte| byte == b' ').next().unwrap_or(rest);
-    (!key.is_empty()).then(|| Bytes::copy_from_slice(key))
+    (!key.is_empty()).then_some(key)
 }
 
 /// Text for reports: commands are short and mostly ASCII.
@@ -151,7 +151,14 @@ impl Oracle {
         }
         let chain = chain_next(self.chain_at(len).unwrap_or(0), command, result);
         if let Some(key) = written_key(command, result) {
-            self.key_writes.entry(key).or_default().push(position);
+            // Most writes go to a key written before: look it up before
+            // copying it.
+            match self.key_writes.get_mut(key) {
+                Some(writes) => writes.push(position),
+                None => {
+                    self.key_writes.insert(Bytes::copy_from_slice(key), vec![position]);
+                }
+            }
         }
         self.canonical.push(Committed {
             command: command.clone(),
@@ -230,10 +237,14 @@ impl Oracle {
             ));
         }
         self.acked_position_max = self.acked_position_max.max(position);
-        let result = self.canonical.get((position - 1) as usize).map(|committed| committed.result.clone());
-        if let Some(key) = result.and_then(|result| written_key(command, &result)) {
-            let floor = self.key_floors.entry(key).or_default();
-            *floor = (*floor).max(position);
+        let result = self.canonical.get((position - 1) as usize).map(|committed| &committed.result);
+        if let Some(key) = result.and_then(|result| written_key(command, result)) {
+            match self.key_floors.get_mut(key) {
+                Some(floor) => *floor = (*floor).max(position),
+                None => {
+                    self.key_floors.insert(Bytes::copy_from_slice(key), position);
+                }
+            }
         }
         Ok(())
     }

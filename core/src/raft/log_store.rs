@@ -71,10 +71,11 @@ impl LogStore {
     /// Appends `entries` (contiguous), first discarding any held entry at or
     /// after the first new index: a new leader overwrote them. Entries at or
     /// below the snapshot are ignored: the snapshot already covers them.
-    pub fn append(&mut self, entries: &[Entry]) {
-        let entries: Vec<&Entry> =
-            entries.iter().filter(|entry| entry.index > self.snapshot_index()).collect();
-        let Some(first) = entries.first() else { return };
+    pub fn append(&mut self, entries: Vec<Entry>) {
+        let snapshot_index = self.snapshot_index();
+        // Entries are contiguous: those the snapshot covers come first.
+        let covered = entries.iter().take_while(|entry| entry.index <= snapshot_index).count();
+        let Some(first) = entries.get(covered) else { return };
         assert!(
             first.index <= self.last() + 1,
             "raft appends without gaps: {} after {}",
@@ -83,7 +84,7 @@ impl LogStore {
         );
         let keep = (first.index - self.first()) as usize;
         self.entries.truncate(keep);
-        self.entries.extend(entries.into_iter().cloned());
+        self.entries.extend(entries.into_iter().skip(covered));
     }
 
     /// Whether raft-rs asked for a snapshot the store could not give since

@@ -15,7 +15,7 @@ pub mod state_machine;
 
 pub use config::{NodeConfig, NodeConfigError};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -39,6 +39,14 @@ pub const PROPOSAL_BYTES_MAX: usize = crate::wal::ENTRY_BYTES_MAX - 1024;
 const BOOTSTRAP_INDEX: u64 = 1;
 /// Most ticks replayed at once after a long pause; later ticks are skipped.
 const TICKS_CATCH_UP_MAX: u32 = 1000;
+/// Most append messages in flight to one follower. The replica hands each
+/// proposal to raft-rs as it comes, so with a wide window every proposal
+/// leaves in a message of its own, acknowledged by one of its own; with a
+/// narrow one, proposals that come while the window is full leave together
+/// in the next message (up to 1 MiB) once an acknowledgement frees a slot.
+/// Under load that batching cuts messages per commit from about seven to
+/// well under one, and raises throughput; a lone client sees no difference.
+const INFLIGHT_APPENDS_MAX: usize = 8;
 
 /// Why a proposal, read or membership change failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -205,6 +213,13 @@ pub struct Replica {
     incarnation: u64,
     proposals: BTreeMap<u64, Waiting>,
     reads: BTreeMap<u64, PendingRead>,
+    /// `(deadline, request)` of every request in `proposals` and `reads`
+    /// (request numbers are shared): the next timeout and the expired
+    /// requests are found without scanning every request.
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// `(index, request)` of every request in `proposals`: the proposals an
+    /// applied entry overwrote are found without scanning every proposal.
+    proposal_indexes: BTreeSet<(u64, u64)>,
     unpersisted: VecDeque<Unpersisted>,
     /// The WAL sequence number of a snapshot's record: once it is durable,
     /// segments before it hold nothing still needed.
@@ -284,7 +299,7 @@ impl Replica {
                             store.last()
                         )));
                     }
-                    store.append(&[entry]);
+                    store.append(vec![entry]);
                 }
                 RaftRecord::HardState(hard_state) => store.set_hard_state(hard_state),
                 RaftRecord::Snapshot(snapshot) => store.install_snapshot(snapshot),
@@ -324,7 +339,7 @@ impl Replica {
             heartbeat_tick: config.heartbeat_ticks,
             applied,
             max_size_per_msg: 1024 * 1024,
-            max_inflight_msgs: 256,
+            max_inflight_msgs: INFLIGHT_APPENDS_MAX,
             check_quorum: true,
             pre_vote: true,
             ..raft::Config::default()
@@ -344,6 +359,8 @@ impl Replica {
             incarnation,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            proposal_indexes: BTreeSet::new(),
             unpersisted: VecDeque::new(),
             compaction: None,
             snapshot_retry_at: 0,
@@ -367,6 +384,8 @@ impl Replica {
 
     /// Answers every request still waiting with `error`: the node stops.
     pub fn abandon(&mut self, error: &NodeError) {
+        self.deadlines.clear();
+        self.proposal_indexes.clear();
         for (_, waiting) in std::mem::take(&mut self.proposals) {
             self.answer_failed(waiting, error.clone());
         }
@@ -394,9 +413,33 @@ impl Replica {
 
     /// The earliest time the replica needs [`Replica::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
-        let deadlines = self.proposals.values().map(|waiting| waiting.deadline);
-        let read_deadlines = self.reads.values().map(|read| read.deadline);
-        deadlines.chain(read_deadlines).fold(self.next_tick, Instant::min)
+        self.deadlines.first().map_or(self.next_tick, |&(deadline, _)| deadline.min(self.next_tick))
+    }
+
+    fn insert_proposal(&mut self, request: u64, waiting: Waiting) {
+        self.deadlines.insert((waiting.deadline, request));
+        self.proposal_indexes.insert((waiting.index, request));
+        let previous = self.proposals.insert(request, waiting);
+        assert!(previous.is_none(), "request numbers are never reused");
+    }
+
+    fn remove_proposal(&mut self, request: u64) -> Option<Waiting> {
+        let waiting = self.proposals.remove(&request)?;
+        self.deadlines.remove(&(waiting.deadline, request));
+        self.proposal_indexes.remove(&(waiting.index, request));
+        Some(waiting)
+    }
+
+    fn insert_read(&mut self, request: u64, read: PendingRead) {
+        self.deadlines.insert((read.deadline, request));
+        let previous = self.reads.insert(request, read);
+        assert!(previous.is_none(), "request numbers are never reused");
+    }
+
+    fn remove_read(&mut self, request: u64) -> Option<PendingRead> {
+        let read = self.reads.remove(&request)?;
+        self.deadlines.remove(&(read.deadline, request));
+        Some(read)
     }
 
     /// Advances Raft's clock to `now` and expires requests.
@@ -423,18 +466,21 @@ impl Replica {
                 self.pin_election_timeout();
             }
         }
-        let expired: Vec<u64> =
-            self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(&id, _)| id).collect();
-        for id in expired {
-            let waiting = self.proposals.remove(&id).expect("listed above");
-            self.answer_failed(waiting, NodeError::TimedOut);
+        // Expired proposals are answered first, then expired reads, each in
+        // request order.
+        let mut expired: Vec<u64> =
+            self.deadlines.iter().take_while(|&&(deadline, _)| deadline <= now).map(|&(_, id)| id).collect();
+        expired.sort_unstable();
+        for &id in &expired {
+            if let Some(waiting) = self.remove_proposal(id) {
+                self.answer_failed(waiting, NodeError::TimedOut);
+            }
         }
-        let expired: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
-        for id in expired {
-            let read = self.reads.remove(&id).expect("listed above");
-            let answer = read.answer(Err(NodeError::TimedOut), &self.state_machine);
-            self.answer(read.ticket, answer);
+        for &id in &expired {
+            if let Some(read) = self.remove_read(id) {
+                let answer = read.answer(Err(NodeError::TimedOut), &self.state_machine);
+                self.answer(read.ticket, answer);
+            }
         }
         self.process(now, wal);
     }
@@ -525,7 +571,7 @@ impl Replica {
         match proposed {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
-                self.proposals.insert(request, Waiting { index, ..waiting });
+                self.insert_proposal(request, Waiting { index, ..waiting });
             }
             Err(raft::Error::ProposalDropped) => self.answer_failed(waiting, NodeError::Dropped),
             Err(error) => self.answer_failed(waiting, NodeError::Refused(error.to_string())),
@@ -543,7 +589,7 @@ impl Replica {
         let request = self.next_request;
         self.next_request += 1;
         let deadline = now + self.config.request_timeout;
-        self.reads.insert(request, PendingRead { ticket, deadline, index: None, query });
+        self.insert_read(request, PendingRead { ticket, deadline, index: None, query });
         self.raw.read_index(encode_context(self.config.id, self.incarnation, request));
         self.pin_election_timeout();
         self.process(now, wal);
@@ -671,8 +717,8 @@ impl Replica {
 
     /// Appends a record to the WAL. A record the WAL refuses would leave
     /// raft-rs believing in state that is not stored: the node stops.
-    fn persist(&mut self, now: Instant, wal: &mut Wal, record: RaftRecord) {
-        if let Err(error) = wal.append(now, record.encode()) {
+    fn persist(&mut self, now: Instant, wal: &mut Wal, payload: Bytes) {
+        if let Err(error) = wal.append(now, payload) {
             let error = NodeError::Storage(format!("cannot store raft state: {error}"));
             self.outputs.push_back(ReplicaOutput::Fatal(error));
         }
@@ -706,12 +752,12 @@ impl Replica {
         }
         let entries = ready.take_entries();
         for entry in &entries {
-            self.persist(now, wal, RaftRecord::Entry(entry.clone()));
+            self.persist(now, wal, RaftRecord::encode_entry(entry));
         }
-        self.raw.mut_store().append(&entries);
+        self.raw.mut_store().append(entries);
         if let Some(hard_state) = ready.hs() {
             let hard_state = hard_state.clone();
-            self.persist(now, wal, RaftRecord::HardState(hard_state.clone()));
+            self.persist(now, wal, RaftRecord::encode_hard_state(&hard_state));
             self.raw.mut_store().set_hard_state(hard_state);
         }
         let messages = ready.take_persisted_messages();
@@ -730,7 +776,7 @@ impl Replica {
         for entry in entries {
             let ours = decode_context(&entry.context)
                 .filter(|&(node, incarnation, _)| (node, incarnation) == (self.config.id, self.incarnation));
-            let waiting = ours.and_then(|(_, _, request)| self.proposals.remove(&request));
+            let waiting = ours.and_then(|(_, _, request)| self.remove_proposal(request));
             match entry.get_entry_type() {
                 // raft-rs's own entries (a new leader's empty entry, a refused
                 // configuration change) carry no context; every proposal does,
@@ -785,12 +831,18 @@ impl Replica {
     }
 
     /// Proposals expected at or below `index` that were not applied there
-    /// were overwritten by another leader's entries.
+    /// were overwritten by another leader's entries; they are answered in
+    /// request order.
     fn fail_overwritten(&mut self, index: u64) {
-        let lost: Vec<u64> =
-            self.proposals.iter().filter(|(_, w)| w.index <= index).map(|(&id, _)| id).collect();
+        let mut lost: Vec<u64> = self
+            .proposal_indexes
+            .iter()
+            .take_while(|&&(expected, _)| expected <= index)
+            .map(|&(_, id)| id)
+            .collect();
+        lost.sort_unstable();
         for id in lost {
-            let waiting = self.proposals.remove(&id).expect("listed above");
+            let waiting = self.remove_proposal(id).expect("listed above");
             self.answer_failed(waiting, NodeError::Dropped);
         }
     }
@@ -804,7 +856,7 @@ impl Replica {
             .map(|(&id, _)| id)
             .collect();
         for id in ready {
-            let read = self.reads.remove(&id).expect("listed above");
+            let read = self.remove_read(id).expect("listed above");
             let index = read.index.expect("filtered on a known index");
             let answer = read.answer(Ok(index), &self.state_machine);
             self.answer(read.ticket, answer);

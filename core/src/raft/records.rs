@@ -2,8 +2,8 @@
 //! protobuf encoding of the piece. Replaying the records in log order
 //! rebuilds the replica's state after a restart.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use protobuf::Message as _;
+use bytes::Bytes;
+use protobuf::{CodedOutputStream, Message};
 use raft::eraftpb::{Entry, HardState, Snapshot};
 
 const TAG_ENTRY: u8 = 1;
@@ -38,19 +38,38 @@ pub enum RecordError {
     Decode(String),
 }
 
+/// The tag byte, then `body`'s protobuf encoding, in one allocation of the
+/// exact size (`write_to_vec` would grow the vector once more at its end).
+fn encode_tagged(tag: u8, body: &impl Message) -> Bytes {
+    const FAILED: &str = "encoding a protobuf message into memory of its computed size cannot fail";
+    body.check_initialized().expect(FAILED);
+    let size = body.compute_size() as usize;
+    let mut out = vec![0; 1 + size];
+    out[0] = tag;
+    let mut stream = CodedOutputStream::bytes(&mut out[1..]);
+    body.write_to_with_cached_sizes(&mut stream).expect(FAILED);
+    stream.check_eof();
+    Bytes::from(out)
+}
+
 impl RaftRecord {
     /// The record as a WAL entry payload.
     pub fn encode(&self) -> Bytes {
-        let (tag, body) = match self {
-            RaftRecord::Entry(entry) => (TAG_ENTRY, entry.write_to_bytes()),
-            RaftRecord::HardState(hard_state) => (TAG_HARD_STATE, hard_state.write_to_bytes()),
-            RaftRecord::Snapshot(snapshot) => (TAG_SNAPSHOT, snapshot.write_to_bytes()),
-        };
-        let body = body.expect("encoding a protobuf message into memory cannot fail");
-        let mut out = BytesMut::with_capacity(1 + body.len());
-        out.put_u8(tag);
-        out.put_slice(&body);
-        out.freeze()
+        match self {
+            RaftRecord::Entry(entry) => Self::encode_entry(entry),
+            RaftRecord::HardState(hard_state) => Self::encode_hard_state(hard_state),
+            RaftRecord::Snapshot(snapshot) => encode_tagged(TAG_SNAPSHOT, snapshot),
+        }
+    }
+
+    /// `RaftRecord::Entry(entry).encode()`, without copying the entry.
+    pub fn encode_entry(entry: &Entry) -> Bytes {
+        encode_tagged(TAG_ENTRY, entry)
+    }
+
+    /// `RaftRecord::HardState(hard_state).encode()`, without copying it.
+    pub fn encode_hard_state(hard_state: &HardState) -> Bytes {
+        encode_tagged(TAG_HARD_STATE, hard_state)
     }
 
     /// Decodes a WAL entry payload.

@@ -37,12 +37,12 @@ impl Replica {
     /// begin with entries whose predecessors are gone).
     fn rewrite_after_snapshot(&mut self, now: Instant, wal: &mut Wal) {
         let store = self.raw.store();
-        let entries = store.held().to_vec();
-        let hard_state = store.hard_state().clone();
-        for entry in entries {
-            self.persist(now, wal, RaftRecord::Entry(entry));
+        let entries = store.held().iter().map(RaftRecord::encode_entry);
+        let payloads: Vec<Bytes> =
+            entries.chain(std::iter::once(RaftRecord::encode_hard_state(store.hard_state()))).collect();
+        for payload in payloads {
+            self.persist(now, wal, payload);
         }
-        self.persist(now, wal, RaftRecord::HardState(hard_state));
     }
 
     /// Takes a snapshot and compacts the log once enough has been applied.

@@ -14,6 +14,7 @@
 
 mod script;
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,12 +131,34 @@ struct SimNode {
     stopped: bool,
 }
 
+/// Steps that applied more commands than this find an acknowledged
+/// proposal's position through an index rather than by scanning.
+const STEP_SCAN_COMMANDS_MAX: usize = 8;
+
 /// What one input made the state machine do, for matching replies.
 #[derive(Debug, Default)]
 struct StepRecords {
     applied: Vec<(u64, Bytes)>,
+    /// The position of the last application of each command in `applied`,
+    /// built on first use: a leader's step can apply and acknowledge
+    /// hundreds of proposals, and scanning for each would be quadratic.
+    latest: OnceCell<BTreeMap<Bytes, u64>>,
     /// Queries by tag: the position they saw.
     queried: BTreeMap<u64, u64>,
+}
+
+impl StepRecords {
+    /// Where this step last applied `command`, if it did.
+    fn applied_position(&self, command: &Bytes) -> Option<u64> {
+        if self.applied.len() <= STEP_SCAN_COMMANDS_MAX {
+            return self.applied.iter().rev().find(|(_, applied)| applied == command).map(|&(at, _)| at);
+        }
+        let latest = self.latest.get_or_init(|| {
+            // Later applications overwrite earlier ones: the last one wins.
+            self.applied.iter().map(|(position, applied)| (applied.clone(), *position)).collect()
+        });
+        latest.get(command).copied()
+    }
 }
 
 /// A simulated cluster: the engine is described in this module's
@@ -155,6 +178,8 @@ pub struct ClusterSim {
     /// Commands to feed once the current input is done (a read's query).
     follow_ups: VecDeque<(u64, Handle)>,
     completions: Vec<Handle>,
+    /// A node's outputs being acted on, kept to reuse its allocation.
+    outputs: Vec<Output>,
     next_handle: u64,
     trace: Trace,
     stats: ClusterStats,
@@ -238,6 +263,7 @@ impl ClusterSim {
             deadlines: BTreeSet::new(),
             follow_ups: VecDeque::new(),
             completions: Vec::new(),
+            outputs: Vec::new(),
             next_handle: 1,
             trace,
             stats: ClusterStats::default(),
@@ -388,7 +414,7 @@ impl ClusterSim {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         let incarnation = node.incarnation;
         let Some(running) = node.running.as_mut() else { return };
-        let mut outputs = Vec::new();
+        let mut outputs = std::mem::take(&mut self.outputs);
         while let Some(output) = running.kernel.poll_output() {
             outputs.push(output);
         }
@@ -407,13 +433,16 @@ impl ClusterSim {
                 self.violate(message);
             }
         }
-        for output in outputs {
+        for output in outputs.drain(..) {
             if self.config.trace {
                 let line = format!("n{id}.{incarnation} out {}", describe_output(&output));
                 self.trace.record(self.clock.elapsed(), &line);
             }
             self.on_output(id, output, &step);
         }
+        // Handing the buffer back saves an allocation per input; a nested
+        // drain (there is none today) would only allocate its own.
+        self.outputs = outputs;
         self.start_disk(id);
         self.arm_timer(id);
     }
@@ -427,7 +456,8 @@ impl ClusterSim {
             }
             Output::Send { to, message } => {
                 let now = self.clock.elapsed();
-                for delay in self.network.route(&mut self.rng, id, to, message.len()) {
+                let route = self.network.route(&mut self.rng, id, to, message.len());
+                for &delay in route.delays() {
                     self.queue
                         .push(now + delay, SimEvent::Deliver { from: id, to, message: message.clone() });
                 }
@@ -457,8 +487,8 @@ impl ClusterSim {
             }
             (Kind::Proposal { floor }, Reply::Proposed(Ok(_))) => {
                 let Command::Propose(data) = &request.command else { unreachable!("proposals propose") };
-                match step.applied.iter().rev().find(|(_, command)| command == data) {
-                    Some(&(position, _)) => {
+                match step.applied_position(data) {
+                    Some(position) => {
                         request.position = Some(position);
                         self.oracle.on_acked(position, *floor, data)
                     }
