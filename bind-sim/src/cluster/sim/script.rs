@@ -445,6 +445,11 @@ impl ClusterSim {
         let deadline = self.now().saturating_add(timeout);
         // The marker's own result does not matter, only that it committed.
         let _result = self.write(marker, timeout).map_err(|error| format!("no progress: {error}"))?;
+        // Leadership may change right after the marker commits (a leader
+        // can step down in the step that applies it): wait for one.
+        if !self.run_until(deadline.saturating_sub(self.now()), |sim| sim.leader().is_some()) {
+            return Err("no leader after the final write".into());
+        }
         let leader = self.leader().ok_or("no leader after the final write")?;
         let status = self.status(leader).ok_or_else(|| format!("leader {leader} did not answer Status"))?;
         let members: Vec<u64> = status.voters.iter().chain(&status.learners).copied().collect();
