@@ -244,6 +244,9 @@ fn report(event: &Event) {
         Event::Transport(TransportEvent::Lost { peer, reason }) => {
             tracing::debug!(peer, %reason, "connection lost")
         }
+        Event::Transport(TransportEvent::HandshakeFailed { address, reason }) => {
+            tracing::debug!(%address, %reason, "handshake failed")
+        }
         Event::Transport(TransportEvent::Refused { address, reason }) => {
             tracing::warn!(%address, %reason, "connection refused")
         }

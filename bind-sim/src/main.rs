@@ -65,6 +65,10 @@ struct ClusterArgs {
     /// removes segments).
     #[arg(long = "segment-bytes")]
     segment_bytes: Option<u64>,
+    /// Run real QUIC with mutual TLS between the nodes, over simulated
+    /// datagrams, instead of handing Raft messages to the network whole.
+    #[arg(long)]
+    quic: bool,
     /// Print only failures and the totals of a sweep.
     #[arg(long, short)]
     quiet: bool,
@@ -178,6 +182,7 @@ fn cluster(args: &ClusterArgs) -> ExitCode {
             ops: args.ops,
             clients: args.clients,
             segment_bytes: args.segment_bytes,
+            quic: args.quic,
         };
         let result = if args.trace { run_cluster_echoing(&config) } else { run_cluster(&config) };
         let run = match result {

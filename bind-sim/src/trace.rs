@@ -101,7 +101,9 @@ pub fn describe_input(input: &Input) -> String {
         Input::FileRead { transfer, result: Ok(read) } => {
             format!("file read transfer={} {}", transfer.0, bytes_digest(&read.data))
         }
-        Input::FileRead { transfer, result: Err(error) } => format!("file read transfer={} {error}", transfer.0),
+        Input::FileRead { transfer, result: Err(error) } => {
+            format!("file read transfer={} {error}", transfer.0)
+        }
         Input::Timeout => String::from("timeout"),
     }
 }
@@ -137,7 +139,11 @@ pub fn describe_output(output: &Output) -> String {
         Output::ChunkIncoming { from, transfer, size } => {
             format!("chunk incoming from={from} transfer={} size={size}", transfer.0)
         }
-        Output::ChunkData { transfer, data } => format!("chunk data transfer={} {}", transfer.0, bytes_digest(data)),
-        Output::ChunkReceived { transfer, result } => format!("chunk received transfer={} {result:?}", transfer.0),
+        Output::ChunkData { transfer, data } => {
+            format!("chunk data transfer={} {}", transfer.0, bytes_digest(data))
+        }
+        Output::ChunkReceived { transfer, result } => {
+            format!("chunk received transfer={} {result:?}", transfer.0)
+        }
     }
 }

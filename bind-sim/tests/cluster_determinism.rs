@@ -14,11 +14,12 @@ fn config(seed: u64, faults: ClusterFaults) -> ClusterRunConfig {
 
 /// A scripted run with every kind of fault; returns its trace hash and
 /// statistics.
-fn scripted(seed: u64) -> (u32, String) {
+fn scripted(seed: u64, quic: bool) -> (u32, String) {
     let mut sim = ClusterSim::new(ClusterConfig {
         seed,
         nodes: 5,
         snapshot_lag_threshold: 20,
+        quic,
         ..ClusterConfig::default()
     })
     .expect("a valid config");
@@ -50,7 +51,15 @@ fn the_same_seed_replays_exactly() {
             assert_eq!(first, second, "violations replay too");
         }
     }
-    assert_eq!(scripted(5), scripted(5));
+    assert_eq!(scripted(5, false), scripted(5, false));
+    // Over QUIC the trace covers every datagram's bytes (length and CRC):
+    // the handshakes, the TLS keys and every packet replay exactly.
+    assert_eq!(scripted(5, true), scripted(5, true));
+    for seed in [3, 11] {
+        let quic = ClusterRunConfig { quic: true, ..config(seed, ClusterFaults::Full) };
+        let first = run_cluster(&quic).expect("a valid config");
+        assert_eq!(first, run_cluster(&quic).expect("a valid config"), "seed {seed} over QUIC");
+    }
 }
 
 #[test]
@@ -63,7 +72,9 @@ fn different_seeds_give_different_runs() {
     let quiet = run_cluster(&config(1, ClusterFaults::None)).expect("a valid config");
     let faulty = run_cluster(&config(1, ClusterFaults::Full)).expect("a valid config");
     assert_ne!(quiet.trace_hash, faulty.trace_hash, "the fault profile changes the run");
-    assert_ne!(scripted(1).0, scripted(2).0);
+    assert_ne!(scripted(1, false).0, scripted(2, false).0);
+    assert_ne!(scripted(1, true).0, scripted(2, true).0);
+    assert_ne!(scripted(1, false).0, scripted(1, true).0, "QUIC changes the run");
 }
 
 /// The binary prints the summary and hash; two processes must print the same.
@@ -83,4 +94,21 @@ fn the_command_replays_a_seed_across_processes() {
     let in_process = run_cluster(&ClusterRunConfig { seed: 9, ops: 100, ..ClusterRunConfig::default() });
     let hash = in_process.expect("a valid config").trace_hash;
     assert!(first.contains(&format!("{hash:08x}")), "{first}");
+}
+
+/// Over QUIC too: two processes (two different real-clock epochs, two
+/// address-space layouts) give byte-identical datagrams.
+#[test]
+fn the_command_replays_a_quic_seed_across_processes() {
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_octopii-sim"))
+            .args(["cluster", "--seed", "9", "--ops", "60", "--faults", "full", "--quic"])
+            .output()
+            .expect("the simulator binary runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("the summary is text")
+    };
+    let (first, second) = (run(), run());
+    assert!(first.contains("trace hash"), "{first}");
+    assert_eq!(first, second);
 }

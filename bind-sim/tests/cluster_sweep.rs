@@ -1,6 +1,7 @@
 //! Randomized cluster runs of 3, 5 and 7 nodes under every fault profile
-//! (none, crash, network, full), checked by the oracles: no violation, and
-//! the faults of each profile really happened. `CLUSTER_SEED_COUNT` sweeps
+//! (none, crash, network, full), over plain messages and over QUIC, checked
+//! by the oracles: no violation, and the faults of each profile really
+//! happened. `CLUSTER_SEED_COUNT` sweeps
 //! more seeds; a failure prints the command that replays it.
 
 mod common;
@@ -13,11 +14,16 @@ use octopii_sim::cluster::{ClusterFaults, ClusterRunConfig, ClusterSummary, run_
 const OPS: u64 = 200;
 
 fn sweep(nodes: usize, default_count: u64) {
+    sweep_over(nodes, default_count, false);
+}
+
+fn sweep_over(nodes: usize, default_count: u64, quic: bool) {
     let mut failures = Vec::new();
     for faults in [ClusterFaults::None, ClusterFaults::Crash, ClusterFaults::Network, ClusterFaults::Full] {
         let mut runs: Vec<ClusterSummary> = Vec::new();
         for seed in seeds(default_count) {
-            let config = ClusterRunConfig { seed, nodes, faults, ops: OPS, ..ClusterRunConfig::default() };
+            let config =
+                ClusterRunConfig { seed, nodes, faults, ops: OPS, quic, ..ClusterRunConfig::default() };
             let run = run_cluster(&config).expect("a valid config");
             if let Some(violation) = run.violation {
                 failures.push(violation.to_string());
@@ -38,7 +44,8 @@ fn sweep(nodes: usize, default_count: u64) {
             ClusterFaults::Full => assert!(crashes > 0 && lost_messages > 0, "{nodes} nodes: full was not"),
         }
         println!(
-            "{nodes} nodes, {faults}: {} runs, {} acked, {} reads, {} elections, {} crashes, {} messages lost",
+            "{nodes} nodes{}, {faults}: {} runs, {} acked, {} reads, {} elections, {} crashes, {} messages lost",
+            if quic { " over QUIC" } else { "" },
             runs.len(),
             total(|run| run.acked),
             total(|run| run.reads_ok),
@@ -63,4 +70,11 @@ fn five_nodes_under_every_fault_profile() {
 #[test]
 fn seven_nodes_under_every_fault_profile() {
     sweep(7, 3);
+}
+
+/// The same randomized runs with real QUIC and mutual TLS between the nodes:
+/// handshakes, retransmissions, reconnects after crashes and partitions.
+#[test]
+fn three_nodes_over_quic_under_every_fault_profile() {
+    sweep_over(3, 3, true);
 }

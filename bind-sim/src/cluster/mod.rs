@@ -127,6 +127,10 @@ pub struct ClusterConfig {
     /// Whether to keep the text trace (and its hash). Default true; the
     /// benchmark turns it off.
     pub trace: bool,
+    /// Whether nodes talk real QUIC with mutual TLS over simulated UDP
+    /// datagrams (each node's kernel runs the core's transport), instead of
+    /// handing Raft messages to the network whole. Default false.
+    pub quic: bool,
 }
 
 impl Default for ClusterConfig {
@@ -148,6 +152,7 @@ impl Default for ClusterConfig {
             disk_latency: DiskLatency::default(),
             network: NetworkConfig::default(),
             trace: true,
+            quic: false,
         }
     }
 }

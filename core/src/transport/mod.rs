@@ -174,6 +174,15 @@ pub enum TransportEvent {
         /// Why.
         reason: String,
     },
+    /// An incoming connection attempt failed before it was a connection:
+    /// usually a stale packet of a connection this node no longer knows
+    /// (after a restart), sometimes a peer that is not one of ours.
+    HandshakeFailed {
+        /// The remote address.
+        address: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// A connection was refused: the peer misbehaved or could not prove
     /// its identity.
     Refused {
@@ -656,7 +665,10 @@ impl Transport {
                             self.dirty.insert(handle);
                         }
                         Err(error) => {
-                            self.refused(from, format!("handshake refused: {}", error.cause));
+                            self.stats.connections_refused += 1;
+                            let reason = error.cause.to_string();
+                            let event = TransportEvent::HandshakeFailed { address: from, reason };
+                            self.outputs.push_back(TransportOutput::Event(event));
                             if let Some(transmit) = error.response {
                                 self.push_transmit(&transmit);
                             }

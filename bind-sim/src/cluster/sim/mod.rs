@@ -11,6 +11,13 @@
 //! are drained; the recorder's log and the outputs go through the oracles.
 //! Commands go to the kernel at once: a node still rebuilding its state
 //! queues them itself.
+//!
+//! With [`ClusterConfig::quic`], each kernel also runs the core's QUIC
+//! transport: nodes listen on `10.0.<id / 256>.<id % 256>:4000`, prove
+//! themselves with certificates of a CA made from the run's seed, and the
+//! network carries their datagrams (dropped, delayed, duplicated,
+//! reordered, cut like messages). The TLS provider is the simulator's
+//! seeded one ([`crate::crypto`]), so the run stays a function of its seed.
 
 mod script;
 
@@ -19,10 +26,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use bytes::{Bytes, BytesMut};
 use octopii_core::disk::{DiskCompletion, DiskOp};
 use octopii_core::raft::state_machine::{KvStateMachine, StateMachine};
 use octopii_core::raft::{NodeConfig, ReplicaEvent};
+use octopii_core::transport::TransportConfig;
+use octopii_core::transport::tls::DevCa;
 use octopii_core::{Command, CommandId, Event, Input, Kernel, KernelConfig, Output, Reply};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -65,6 +76,31 @@ enum SimEvent {
     DiskDone { node: u64, incarnation: u64, op: DiskOp },
     Timer { node: u64, incarnation: u64 },
     Deliver { from: u64, to: u64, message: Bytes },
+    Datagram { from: u64, to: u64, data: Bytes },
+}
+
+/// The simulated address of node `id`.
+fn node_address(id: u64) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, (id >> 8) as u8, id as u8), 4000))
+}
+
+/// The node listening at `address`, if it is a node address.
+fn node_at(address: SocketAddr) -> Option<u64> {
+    match address {
+        SocketAddr::V4(v4) if v4.port() == 4000 && v4.ip().octets()[..2] == [10, 0] => {
+            let [_, _, high, low] = v4.ip().octets();
+            Some(u64::from(high) << 8 | u64::from(low))
+        }
+        _ => None,
+    }
+}
+
+/// 32 seed bytes for `purpose` of node `id` in incarnation `incarnation`.
+fn derived_seed(seed: u64, purpose: u8, id: u64, incarnation: u64) -> [u8; 32] {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(purpose) << 56) ^ (id << 32) ^ incarnation);
+    let mut bytes = [0; 32];
+    rng.fill(&mut bytes);
+    bytes
 }
 
 /// A node's role as its latest `Role` event told it.
@@ -190,6 +226,8 @@ pub struct ClusterSim {
     /// checks value by value (a custom state machine's `GET` may mean
     /// anything).
     kv: bool,
+    /// The cluster CA, with [`ClusterConfig::quic`].
+    ca: Option<DevCa>,
 }
 
 impl std::fmt::Debug for ClusterSim {
@@ -250,6 +288,14 @@ impl ClusterSim {
         kernel_config.validate().map_err(|error| ClusterConfigError::Kernel(error.to_string()))?;
         let voters: Vec<u64> = (1..=config.nodes as u64).collect();
         let trace = if config.trace { trace } else { Trace::default() };
+        let ca = if config.quic {
+            crate::crypto::reseed(config.seed);
+            let ca = DevCa::from_seed(derived_seed(config.seed, 0, 0, 0))
+                .map_err(|error| ClusterConfigError::Kernel(error.to_string()))?;
+            Some(ca)
+        } else {
+            None
+        };
         let mut sim = Self {
             kernel_config,
             factory,
@@ -271,6 +317,7 @@ impl ClusterSim {
             replay: format!("ClusterSim with seed {}", config.seed),
             same_instant_events: 0,
             kv,
+            ca,
             config,
         };
         let node_config = sim.node_config(1, voters.clone());
@@ -312,7 +359,17 @@ impl ClusterSim {
         let (incarnation, voters) = (node.incarnation, node.voters.clone());
         let recorder = Arc::new(Recorder::new((self.factory)(id)));
         let node_config = self.node_config(id, voters);
-        let kernel = match Kernel::new_node(self.kernel_config.clone(), node_config, recorder.clone()) {
+        let kernel = match self.transport_config(id, incarnation) {
+            None => Kernel::new_node(self.kernel_config.clone(), node_config, recorder.clone()),
+            Some(Ok(transport)) => Kernel::new_networked_node(
+                self.kernel_config.clone(),
+                node_config,
+                recorder.clone(),
+                transport,
+            ),
+            Some(Err(error)) => return self.violate(format!("no certificate for node {id}: {error}")),
+        };
+        let kernel = match kernel {
             Ok(kernel) => kernel,
             Err(error) => return self.violate(format!("the kernel refused a validated config: {error}")),
         };
@@ -332,6 +389,25 @@ impl ClusterSim {
         self.trace(|| format!("n{id}.{incarnation} start"));
         // The kernel queued its first disk operations when it was made.
         self.drain(id);
+    }
+
+    /// Node `id`'s transport in incarnation `incarnation`, with QUIC: the
+    /// same certificate in every incarnation, fresh QUIC randomness each.
+    fn transport_config(
+        &self,
+        id: u64,
+        incarnation: u64,
+    ) -> Option<Result<TransportConfig, octopii_core::transport::tls::TlsError>> {
+        let ca = self.ca.as_ref()?;
+        let seed = self.config.seed;
+        Some(ca.identity(id, derived_seed(seed, 1, id, 0)).map(|identity| {
+            let crypto = crate::crypto::provider();
+            let time = Arc::new(crate::crypto::SimWallClock);
+            let mut config =
+                TransportConfig::new(id, identity, crypto, time, derived_seed(seed, 2, id, incarnation));
+            config.peers = (1..=NODES_MAX as u64).map(|peer| (peer, node_address(peer))).collect();
+            config
+        }))
     }
 
     fn running_mut(&mut self, id: u64) -> Option<&mut Running> {
@@ -462,9 +538,20 @@ impl ClusterSim {
                         .push(now + delay, SimEvent::Deliver { from: id, to, message: message.clone() });
                 }
             }
+            Output::Transmit(transmit) => {
+                let Some(to) = node_at(transmit.destination) else {
+                    return self.violate(format!("node {id} sent a datagram to {}", transmit.destination));
+                };
+                let now = self.clock.elapsed();
+                let route = self.network.route(&mut self.rng, id, to, transmit.contents.len());
+                for &delay in route.delays() {
+                    let data = transmit.contents.clone();
+                    self.queue.push(now + delay, SimEvent::Datagram { from: id, to, data });
+                }
+            }
             Output::Reply { id: command, reply } => self.on_reply(id, Handle(command.0), reply, step),
             Output::Event(event) => self.on_event(id, event),
-            other => self.violate(format!("node {id} has no transport but produced {other:?}")),
+            other => self.violate(format!("node {id} produced {other:?}, which no simulated node asks for")),
         }
     }
 
@@ -564,6 +651,10 @@ impl ClusterSim {
             Event::WalFailed(error) if !error.failure.message.contains(INJECTED) => {
                 self.violate(format!("node {id}'s log failed on an error the disk did not inject: {error}"));
             }
+            Event::Transport(octopii_core::transport::TransportEvent::Refused { address, reason }) => {
+                // Honest nodes never misbehave towards each other.
+                self.violate(format!("node {id} refused a connection from {address}: {reason}"));
+            }
             Event::WalRecoveryFailed(error) if !error.to_string().contains(INJECTED) => {
                 // The cluster's disks lose only unsynced writes (no bit rot):
                 // recovery fails only on an injected error.
@@ -592,6 +683,7 @@ impl ClusterSim {
             SimEvent::DiskDone { node, incarnation, op } => self.on_disk_done(node, incarnation, op),
             SimEvent::Timer { node, incarnation } => self.on_timer(node, incarnation),
             SimEvent::Deliver { from, to, message } => self.on_deliver(from, to, message),
+            SimEvent::Datagram { from, to, data } => self.on_datagram(from, to, &data),
         }
     }
 
@@ -655,6 +747,19 @@ impl ClusterSim {
         }
         self.network.counts.delivered += 1;
         self.feed(to, Input::Message { from, message });
+    }
+
+    fn on_datagram(&mut self, from: u64, to: u64, data: &[u8]) {
+        if !self.is_running(to) {
+            self.network.counts.undeliverable += 1;
+            return;
+        }
+        if !self.network.connected(from, to) {
+            self.network.counts.cut += 1;
+            return;
+        }
+        self.network.counts.delivered += 1;
+        self.feed(to, Input::Datagram { from: node_address(from), data: BytesMut::from(data) });
     }
 
     /// Starts the node's next disk operation if its disk is idle.

@@ -125,6 +125,7 @@ impl Driver {
             nodes: config.nodes,
             snapshot_lag_threshold: swarm.snapshot_lag_threshold,
             wal: WalConfig { segment_bytes_target: swarm.segment_bytes, ..defaults.wal.clone() },
+            quic: config.quic,
             ..defaults
         };
         let mut sim = ClusterSim::build(cluster, Machines::Kv, trace, rng)

@@ -82,11 +82,23 @@ pub struct ClusterRunConfig {
     /// the seed, between 4 KiB and 64 KiB, so that logs rotate and
     /// compaction removes segments. Default `None`.
     pub segment_bytes: Option<u64>,
+    /// Whether nodes talk real QUIC over simulated datagrams
+    /// ([`ClusterConfig::quic`](crate::cluster::ClusterConfig::quic)).
+    /// Default false.
+    pub quic: bool,
 }
 
 impl Default for ClusterRunConfig {
     fn default() -> Self {
-        Self { seed: 0, nodes: 3, faults: ClusterFaults::Full, ops: 300, clients: 4, segment_bytes: None }
+        Self {
+            seed: 0,
+            nodes: 3,
+            faults: ClusterFaults::Full,
+            ops: 300,
+            clients: 4,
+            segment_bytes: None,
+            quic: false,
+        }
     }
 }
 
@@ -118,13 +130,14 @@ impl ClusterRunConfig {
     pub fn replay_command(&self) -> String {
         let segment_bytes = self.segment_bytes.map(|bytes| format!(" --segment-bytes {bytes}"));
         format!(
-            "cargo run -p octopii-sim -- cluster --seed {} --nodes {} --faults {} --ops {} --clients {}{}",
+            "cargo run -p octopii-sim -- cluster --seed {} --nodes {} --faults {} --ops {} --clients {}{}{}",
             self.seed,
             self.nodes,
             self.faults,
             self.ops,
             self.clients,
-            segment_bytes.unwrap_or_default()
+            segment_bytes.unwrap_or_default(),
+            if self.quic { " --quic" } else { "" }
         )
     }
 }
