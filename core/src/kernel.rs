@@ -387,6 +387,8 @@ pub struct Kernel {
     wal: Wal,
     node: Option<Node>,
     transport: Option<Transport>,
+    /// Snapshots riding transfers, by transfer: the peer they go to.
+    snapshot_transfers: BTreeMap<TransferId, u64>,
     recovered: Option<Result<RecoveryReport, WalError>>,
     queued: VecDeque<(CommandId, Command)>,
     open_waiters: Vec<CommandId>,
@@ -478,6 +480,7 @@ impl Kernel {
             wal: Wal::new(config.wal),
             node,
             transport: None,
+            snapshot_transfers: BTreeMap::new(),
             recovered: None,
             queued: VecDeque::new(),
             open_waiters: Vec::new(),
@@ -751,6 +754,12 @@ impl Kernel {
             }
             TransportOutput::Data { from, data } => self.outputs.push_back(Output::Data { from, data }),
             TransportOutput::Event(event) => self.outputs.push_back(Output::Event(Event::Transport(event))),
+            TransportOutput::RaftTransferDone { transfer, delivered } => {
+                if let (Some(peer), Some(now)) = (self.snapshot_transfers.remove(&transfer), now) {
+                    let node = self.node.as_mut().expect("a transport only runs in a node");
+                    node.snapshot_delivered(now, peer, delivered, &mut self.wal);
+                }
+            }
             TransportOutput::ChunkSent { ticket, result } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::ChunkSent(result)),
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
@@ -773,10 +782,27 @@ impl Kernel {
     fn on_node_output(&mut self, now: Option<Instant>, output: crate::node::NodeOutput) {
         use crate::node::NodeOutput;
         match output {
-            NodeOutput::Send { to, message } => match (&mut self.transport, now) {
-                (Some(transport), Some(now)) => transport.send_raft(now, to, message),
-                _ => self.outputs.push_back(Output::Send { to, message }),
-            },
+            NodeOutput::Send { to, message, snapshot } => {
+                let now = now.expect("nodes send only in answer to an input");
+                let transfer = match &mut self.transport {
+                    Some(transport) => transport.send_raft(now, to, message),
+                    None => {
+                        self.outputs.push_back(Output::Send { to, message });
+                        None
+                    }
+                };
+                match (snapshot, transfer) {
+                    (false, _) => {}
+                    (true, Some(transfer)) => {
+                        self.snapshot_transfers.insert(transfer, to);
+                    }
+                    // Sent whole: nothing reports its delivery.
+                    (true, None) => {
+                        let node = self.node.as_mut().expect("only a node sends raft messages");
+                        node.snapshot_delivered(now, to, true, &mut self.wal);
+                    }
+                }
+            }
             NodeOutput::Reply { ticket, reply } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, reply),
                 owner => panic!("node answered ticket {ticket} owned by {owner:?}"),

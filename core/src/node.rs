@@ -68,6 +68,7 @@ pub(crate) enum NodeOutput {
     Send {
         to: u64,
         message: Bytes,
+        snapshot: bool,
     },
     Reply {
         ticket: u64,
@@ -237,6 +238,13 @@ impl Node {
         }
     }
 
+    pub(crate) fn snapshot_delivered(&mut self, now: Instant, peer: u64, delivered: bool, wal: &mut Wal) {
+        if let Ok(replica) = self.running() {
+            replica.snapshot_delivered(now, peer, delivered, wal);
+            self.drain();
+        }
+    }
+
     pub(crate) fn handle_timeout(&mut self, now: Instant, wal: &mut Wal) {
         if let Ok(replica) = self.running() {
             replica.handle_timeout(now, wal);
@@ -266,7 +274,7 @@ impl Node {
                     }
                     continue;
                 }
-                ReplicaOutput::Send { to, message } => NodeOutput::Send { to, message },
+                ReplicaOutput::Send { to, message, snapshot } => NodeOutput::Send { to, message, snapshot },
                 ReplicaOutput::RemoveWalBefore(seq) => NodeOutput::RemoveWalBefore(seq),
                 ReplicaOutput::Event(event) => NodeOutput::Event(Event::Replica(event)),
                 ReplicaOutput::Answer { ticket, answer } => {

@@ -47,7 +47,10 @@ pub fn replay(test_file: &str, test: &str, seed: u64) -> String {
 /// A cluster for a scripted test, its replay command set.
 pub fn cluster(test_file: &str, test: &str, config: ClusterConfig) -> ClusterSim {
     let seed = config.seed;
-    let mut sim = ClusterSim::new(config).expect("the test's config is valid");
+    // OCTOPII_TRACE=1 prints the run's trace, to debug one seed.
+    let echo = std::env::var_os("OCTOPII_TRACE").is_some();
+    let sim = if echo { ClusterSim::new_echoing(config) } else { ClusterSim::new(config) };
+    let mut sim = sim.expect("the test's config is valid");
     sim.set_replay(replay(test_file, test, seed));
     sim
 }

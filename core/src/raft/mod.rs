@@ -100,6 +100,9 @@ pub enum ReplicaOutput {
         to: u64,
         /// Encoded message.
         message: Bytes,
+        /// Whether it carries a snapshot: the kernel must then report its
+        /// delivery with [`Replica::snapshot_delivered`].
+        snapshot: bool,
     },
     /// Remove the WAL segments holding only records below this sequence
     /// number: a durable snapshot covers them.
@@ -227,7 +230,9 @@ pub struct Replica {
     /// No local snapshot before this applied index (after a failed one).
     snapshot_retry_at: u64,
     /// Peers sent a snapshot since the last report to raft-rs.
-    snapshots_sent: Vec<u64>,
+    /// Snapshot deliveries to report to raft-rs: peer, and whether the
+    /// snapshot arrived.
+    snapshot_reports: Vec<(u64, bool)>,
     outputs: VecDeque<ReplicaOutput>,
 }
 
@@ -364,7 +369,7 @@ impl Replica {
             unpersisted: VecDeque::new(),
             compaction: None,
             snapshot_retry_at: 0,
-            snapshots_sent: Vec::new(),
+            snapshot_reports: Vec::new(),
             outputs: VecDeque::new(),
         };
         replica.pin_election_timeout();
@@ -661,12 +666,12 @@ impl Replica {
     /// Hands raft-rs's work to the WAL and the network until it has none.
     fn process(&mut self, now: Instant, wal: &mut Wal) {
         loop {
-            // The network does not report delivery: count every snapshot as
-            // delivered. If it was lost, the peer's next answer shows it is
-            // still behind and raft-rs sends it again; meanwhile the peer is
-            // no longer held in raft-rs's snapshot state.
-            for peer in std::mem::take(&mut self.snapshots_sent) {
-                self.raw.report_snapshot(peer, raft::SnapshotStatus::Finish);
+            // Until a snapshot's delivery is reported, raft-rs holds the peer
+            // in its snapshot state and sends it no other snapshot.
+            for (peer, delivered) in std::mem::take(&mut self.snapshot_reports) {
+                let status =
+                    if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                self.raw.report_snapshot(peer, status);
                 self.pin_election_timeout();
             }
             let mut progressed = false;
@@ -708,11 +713,18 @@ impl Replica {
 
     fn send(&mut self, message: Message) {
         let to = message.to;
-        if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-            self.snapshots_sent.push(to);
-        }
+        let snapshot = message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
         let bytes = message.write_to_bytes().expect("encoding a protobuf message into memory cannot fail");
-        self.outputs.push_back(ReplicaOutput::Send { to, message: Bytes::from(bytes) });
+        self.outputs.push_back(ReplicaOutput::Send { to, message: Bytes::from(bytes), snapshot });
+    }
+
+    /// A snapshot sent to `peer` arrived (`delivered`) or was lost. A lost
+    /// one is sent again once raft-rs probes the peer; a message network
+    /// that cannot tell reports every snapshot delivered, and the peer's
+    /// next answer shows whether it still lags.
+    pub fn snapshot_delivered(&mut self, now: Instant, peer: u64, delivered: bool, wal: &mut Wal) {
+        self.snapshot_reports.push((peer, delivered));
+        self.process(now, wal);
     }
 
     /// Appends a record to the WAL. A record the WAL refuses would leave

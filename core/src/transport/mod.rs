@@ -245,6 +245,14 @@ pub enum TransportOutput {
         /// The bytes the receiver verified, or why the transfer failed.
         result: Result<TransferReport, TransferError>,
     },
+    /// A Raft message sent as a transfer ([`Transport::send_raft`]) arrived
+    /// verified, or was lost.
+    RaftTransferDone {
+        /// The transfer.
+        transfer: TransferId,
+        /// Whether the receiver verified it.
+        delivered: bool,
+    },
     /// A peer started a transfer to this node.
     ChunkIncoming {
         /// The sender.
@@ -529,14 +537,18 @@ impl Transport {
     }
 
     /// Sends a Raft message to `to`, best effort: it is dropped when the
-    /// peer is unknown or too much is queued (Raft sends again).
-    pub fn send_raft(&mut self, now: Instant, to: u64, message: Bytes) {
+    /// peer is unknown or too much is queued (Raft sends again). A message
+    /// above [`RAFT_INLINE_BYTES_MAX`] goes as a transfer, whose id is
+    /// returned; its end is reported by [`TransportOutput::RaftTransferDone`].
+    pub fn send_raft(&mut self, now: Instant, to: u64, message: Bytes) -> Option<TransferId> {
+        let mut transfer = None;
         if message.len() > RAFT_INLINE_BYTES_MAX {
-            self.queue_transfer(now, None, to, ChunkSource::Memory(message), Purpose::Raft);
+            transfer = Some(self.queue_transfer(now, None, to, ChunkSource::Memory(message), Purpose::Raft));
         } else if self.send_frame(now, to, Frame::Raft(message).encode()).is_err() {
             self.stats.raft_dropped += 1;
         }
         self.drive_dirty(now);
+        transfer
     }
 
     /// Sends `source` to `to` on a stream of its own; the outcome comes
@@ -815,18 +827,19 @@ impl Transport {
         to: u64,
         source: ChunkSource,
         purpose: Purpose,
-    ) {
+    ) -> TransferId {
         let transfer = TransferId(self.next_transfer);
         self.next_transfer += 1;
         let pending = PendingTransfer { transfer, ticket, source, purpose };
         if self.shut_down {
-            return self.fail_pending_transfer(pending, TransferError::Unreachable("shutting down".into()));
+            self.fail_pending_transfer(pending, TransferError::Unreachable("shutting down".into()));
+            return transfer;
         }
         let Some(peer) =
             self.peers.get_mut(&to).filter(|peer| peer.address.is_some() || peer.active.is_some())
         else {
-            return self
-                .fail_pending_transfer(pending, TransferError::Unreachable(format!("unknown node {to}")));
+            self.fail_pending_transfer(pending, TransferError::Unreachable(format!("unknown node {to}")));
+            return transfer;
         };
         match peer.active {
             Some(handle) => {
@@ -841,12 +854,17 @@ impl Transport {
                 self.dial_if_waiting(now, to);
             }
         }
+        transfer
     }
 
     fn fail_pending_transfer(&mut self, pending: PendingTransfer, error: TransferError) {
         match pending.ticket {
             Some(ticket) => self.outputs.push_back(TransportOutput::ChunkSent { ticket, result: Err(error) }),
-            None => self.stats.raft_dropped += 1,
+            None => {
+                self.stats.raft_dropped += 1;
+                let transfer = pending.transfer;
+                self.outputs.push_back(TransportOutput::RaftTransferDone { transfer, delivered: false });
+            }
         }
     }
 
@@ -886,8 +904,11 @@ impl Transport {
         }
         match outgoing.ticket {
             Some(ticket) => self.outputs.push_back(TransportOutput::ChunkSent { ticket, result }),
-            None if result.is_err() => self.stats.raft_dropped += 1,
-            None => {}
+            None => {
+                self.stats.raft_dropped += u64::from(result.is_err());
+                let (transfer, delivered) = (outgoing.transfer, result.is_ok());
+                self.outputs.push_back(TransportOutput::RaftTransferDone { transfer, delivered });
+            }
         }
     }
 

@@ -252,6 +252,17 @@ impl ClusterSim {
         Self::build(config, Machines::Kv, Trace::new(), rng)
     }
 
+    /// Like [`ClusterSim::new`], printing every trace line to standard
+    /// error as the run goes (for debugging a seed).
+    ///
+    /// # Errors
+    ///
+    /// A config value out of range.
+    pub fn new_echoing(config: ClusterConfig) -> Result<Self, ClusterConfigError> {
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        Self::build(config, Machines::Kv, Trace::echoing(), rng)
+    }
+
     /// A cluster whose nodes run state machines made by `factory`.
     ///
     /// # Errors
