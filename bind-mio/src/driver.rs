@@ -81,6 +81,8 @@ pub struct Driver {
     next_command: u64,
     transmits: Vec<Transmit>,
     deliveries: Vec<Delivery>,
+    received: Vec<(SocketAddr, BytesMut)>,
+    received_at: Instant,
 }
 
 impl std::fmt::Debug for Driver {
@@ -103,6 +105,8 @@ impl Driver {
             next_command: 0,
             transmits: Vec::new(),
             deliveries: Vec::new(),
+            received: Vec::new(),
+            received_at: Instant::now(),
         };
         driver.drain();
         driver
@@ -125,9 +129,12 @@ impl Driver {
         }
     }
 
-    /// Passes a datagram that arrived on the node's socket.
+    /// Takes a datagram that arrived on the node's socket. Datagrams are
+    /// handed to the kernel as one batch by [`Driver::drain`], so that one
+    /// acknowledgement and one round of answers cover a whole read burst.
     pub fn datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
-        self.kernel.handle_input(now, Input::Datagram { from, data });
+        self.received_at = now;
+        self.received.push((from, data));
     }
 
     /// Installs the handler for incoming RPC requests.
@@ -171,6 +178,10 @@ impl Driver {
     /// disk operations go to the executor (inline ones complete here, and
     /// their completions are fed back at once), replies to their callers.
     pub fn drain(&mut self) {
+        if !self.received.is_empty() {
+            let datagrams = std::mem::take(&mut self.received);
+            self.kernel.handle_input(self.received_at, Input::Datagrams(datagrams));
+        }
         loop {
             let mut completed = Vec::new();
             let mut reads = Vec::new();

@@ -26,8 +26,11 @@ use crate::driver::{Delivery, Driver, Executor, ReplySink};
 
 const WAKE: Token = Token(0);
 const SOCKET: Token = Token(1);
-/// The largest UDP payload received.
+/// The largest UDP payload received (with receive offload, a buffer holds
+/// several datagrams).
 const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
+/// Buffers filled by one receive system call.
+const RECEIVE_BATCH_MAX: usize = 8;
 /// Datagrams kept while the socket's send buffer is full; beyond it they
 /// are dropped, as the network would (QUIC retransmits).
 const UNSENT_DATAGRAMS_MAX: usize = 4096;
@@ -115,7 +118,9 @@ pub struct Node {
     requests: Option<mpsc::Sender<Request>>,
     waker: Arc<Waker>,
     woken: Arc<AtomicBool>,
-    deliveries: Mutex<mpsc::Receiver<Delivery>>,
+    /// Deliveries arrive a loop turn's worth at a time; the queue holds
+    /// the rest of the last batch.
+    deliveries: Mutex<(mpsc::Receiver<Vec<Delivery>>, VecDeque<Delivery>)>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -129,14 +134,14 @@ impl Node {
     /// used (for example, the log is held by another running node).
     pub fn start(options: NodeOptions) -> Result<Self, LoopError> {
         let id = options.node.id;
-        let kernel = Kernel::new_networked_node(
-            options.kernel,
-            options.node,
-            options.state_machine,
-            options.transport,
-        )?;
-        let disk = FileDisk::open(&options.data_dir)?;
         let mut socket = UdpSocket::from_std(bind_udp(options.bind_addr)?);
+        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let mut transport = options.transport;
+        // The socket sends this many datagrams in one system call.
+        transport.max_transmit_segments = udp.max_gso_segments();
+        let kernel =
+            Kernel::new_networked_node(options.kernel, options.node, options.state_machine, transport)?;
+        let disk = FileDisk::open(&options.data_dir)?;
         let local_addr = socket.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut socket, SOCKET, Interest::READABLE)?;
@@ -151,8 +156,15 @@ impl Node {
         let (requests, request_queue) = mpsc::channel();
         let (deliver, deliveries) = mpsc::channel();
         let loop_woken = Arc::clone(&woken);
-        let state =
-            Loop { poll, socket, driver, requests: request_queue, completions: completion_queue, deliver };
+        let state = Loop {
+            poll,
+            socket,
+            udp,
+            driver,
+            requests: request_queue,
+            completions: completion_queue,
+            deliver,
+        };
         let thread = thread::Builder::new()
             .name(format!("octopii-node-{id}"))
             .spawn(move || state.run(&loop_woken))?;
@@ -162,7 +174,7 @@ impl Node {
             requests: Some(requests),
             waker,
             woken,
-            deliveries: Mutex::new(deliveries),
+            deliveries: Mutex::new((deliveries, VecDeque::new())),
             thread: Some(thread),
         })
     }
@@ -215,7 +227,12 @@ impl Node {
     /// The next one-way message or data from a peer, waiting at most
     /// `timeout`.
     pub fn recv_delivery(&self, timeout: Duration) -> Option<Delivery> {
-        self.deliveries.lock().expect("delivery lock is never poisoned").recv_timeout(timeout).ok()
+        let mut guard = self.deliveries.lock().expect("delivery lock is never poisoned");
+        let (channel, ready) = &mut *guard;
+        if ready.is_empty() {
+            ready.extend(channel.recv_timeout(timeout).ok()?);
+        }
+        ready.pop_front()
     }
 
     /// Stops the node: pending requests fail, peers are told, then the
@@ -251,16 +268,19 @@ impl Drop for Node {
 struct Loop {
     poll: Poll,
     socket: UdpSocket,
+    /// Segmentation offload for sends (GSO) and receives (GRO).
+    udp: quinn_udp::UdpSocketState,
     driver: Driver,
     requests: mpsc::Receiver<Request>,
     completions: mpsc::Receiver<Vec<DiskCompletion>>,
-    deliver: mpsc::Sender<Delivery>,
+    deliver: mpsc::Sender<Vec<Delivery>>,
 }
 
 impl Loop {
     fn run(mut self, woken: &AtomicBool) {
         let mut events = Events::with_capacity(64);
-        let mut buffer = vec![0; DATAGRAM_BYTES_MAX];
+        let mut buffers = vec![vec![0; DATAGRAM_BYTES_MAX]; RECEIVE_BATCH_MAX];
+        let mut metas = vec![quinn_udp::RecvMeta::default(); RECEIVE_BATCH_MAX];
         let mut unsent = VecDeque::new();
         let mut watching_writable = false;
         let mut stopping_until: Option<Instant> = None;
@@ -286,8 +306,18 @@ impl Loop {
                 self.driver.disk_done(now, done);
             }
             loop {
-                match self.socket.recv_from(&mut buffer) {
-                    Ok((length, from)) => self.driver.datagram(now, from, BytesMut::from(&buffer[..length])),
+                let mut slices: Vec<io::IoSliceMut<'_>> =
+                    buffers.iter_mut().map(|buffer| io::IoSliceMut::new(buffer)).collect();
+                match self.udp.recv((&self.socket).into(), &mut slices, &mut metas) {
+                    Ok(count) => {
+                        for (meta, slice) in metas.iter().zip(&slices).take(count) {
+                            // With receive offload one buffer holds several
+                            // datagrams of `stride` bytes each.
+                            for datagram in slice[..meta.len].chunks(meta.stride.max(1)) {
+                                self.driver.datagram(now, meta.addr, BytesMut::from(datagram));
+                            }
+                        }
+                    }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                     Err(error) => {
                         // ICMP errors surface here on some systems; the
@@ -312,8 +342,9 @@ impl Loop {
                     tracing::error!(%error, "cannot watch the node's socket");
                 }
             }
-            for delivery in self.driver.take_deliveries() {
-                let _ = self.deliver.send(delivery);
+            let deliveries = self.driver.take_deliveries();
+            if !deliveries.is_empty() {
+                let _ = self.deliver.send(deliveries);
             }
             if stopping_until.is_some_and(|stop| now >= stop) {
                 break;
@@ -338,20 +369,18 @@ impl Loop {
     /// become writable.
     fn send(&self, unsent: &mut VecDeque<Transmit>) {
         while let Some(transmit) = unsent.front() {
-            let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
-            let mut blocked = false;
-            for datagram in transmit.contents.chunks(segment) {
-                match self.socket.send_to(datagram, transmit.destination) {
-                    Ok(_) => {}
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        blocked = true;
-                        break;
-                    }
-                    Err(error) => tracing::debug!(%error, to = %transmit.destination, "udp send"),
-                }
-            }
-            if blocked {
-                break;
+            let offload = quinn_udp::Transmit {
+                destination: transmit.destination,
+                ecn: None,
+                contents: &transmit.contents,
+                segment_size: transmit.segment_size.filter(|&size| size < transmit.contents.len()),
+                src_ip: None,
+            };
+            match self.udp.send((&self.socket).into(), &offload) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                // The datagrams are lost, as the network may lose them.
+                Err(error) => tracing::debug!(%error, to = %transmit.destination, "udp send"),
             }
             unsent.pop_front();
         }

@@ -97,7 +97,13 @@ pub fn describe_input(input: &Input) -> String {
             format!("done io={} {}", completion.io.0, describe_result(&completion.result))
         }
         Input::Message { from, message } => format!("msg from={from} {}", bytes_digest(message)),
-        Input::Datagram { from, data } => format!("datagram from={from} {}", bytes_digest(data)),
+        Input::Datagrams(datagrams) => {
+            let mut text = String::from("datagrams");
+            for (from, data) in datagrams {
+                let _ = write!(text, " from={from} {}", bytes_digest(data));
+            }
+            text
+        }
         Input::FileRead { transfer, result: Ok(read) } => {
             format!("file read transfer={} {}", transfer.0, bytes_digest(&read.data))
         }

@@ -234,13 +234,10 @@ pub enum Input {
         /// The encoded message.
         message: Bytes,
     },
-    /// A UDP datagram arrived for the transport.
-    Datagram {
-        /// The sender's address.
-        from: SocketAddr,
-        /// The datagram.
-        data: BytesMut,
-    },
+    /// UDP datagrams arrived for the transport: each sender's address and
+    /// the datagram. Pass every datagram one read of the socket gave at
+    /// once; the transport answers the batch, not each packet.
+    Datagrams(Vec<(SocketAddr, BytesMut)>),
     /// A read asked for by [`Output::ReadFile`] finished.
     FileRead {
         /// The transfer it was for.
@@ -517,9 +514,9 @@ impl Kernel {
                     node.handle_message(now, from, &message, &mut self.wal);
                 }
             }
-            Input::Datagram { from, data } => {
+            Input::Datagrams(datagrams) => {
                 if let Some(transport) = &mut self.transport {
-                    transport.handle_datagram(now, from, data);
+                    transport.handle_datagrams(now, datagrams);
                 }
             }
             Input::FileRead { transfer, result } => {

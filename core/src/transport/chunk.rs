@@ -258,10 +258,9 @@ impl Outgoing {
                 Ok(written) if written == front.len() => {
                     self.pending.pop_front();
                 }
-                Ok(written) => {
-                    front.advance(written);
-                    return Ok(());
-                }
+                // Write again: only a write that returns `Blocked` makes
+                // quinn report `Writable` later; a partial one does not.
+                Ok(written) => front.advance(written),
                 Err(quinn_proto::WriteError::Blocked) => return Ok(()),
                 Err(quinn_proto::WriteError::Stopped(code)) => return Err(refused_or_reset(code)),
                 Err(error) => return Err(TransferError::Interrupted(error.to_string())),

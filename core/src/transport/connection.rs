@@ -100,9 +100,10 @@ impl Connection {
                         self.queued.pop_front();
                         self.front_started = false;
                     } else {
+                        // Write again: only a write that returns `Blocked`
+                        // makes quinn report `Writable` later.
                         front.advance(written);
                         self.front_started = true;
-                        break;
                     }
                 }
                 // Blocked: wait for `Writable`. Stopped or closed: the

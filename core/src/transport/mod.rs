@@ -2,7 +2,7 @@
 //! connection per peer, framed messages, RPC.
 //!
 //! [`Transport`] is sans-IO like the rest of the core. Feed it datagrams
-//! with [`Transport::handle_datagram`] and timeouts with
+//! with [`Transport::handle_datagrams`] and timeouts with
 //! [`Transport::handle_timeout`]; drain [`Transport::poll_output`] after
 //! every input; send [`TransportOutput::Transmit`] datagrams from the UDP
 //! socket; wake it at [`Transport::poll_timeout`].
@@ -654,8 +654,21 @@ impl Transport {
         self.connections.is_empty()
     }
 
-    /// A datagram arrived on the socket.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+    /// Datagrams arrived on the socket. Feed every datagram one read of the
+    /// socket gave at once: connections are driven once for the batch, so
+    /// acknowledgements and answers cover many packets.
+    pub fn handle_datagrams(
+        &mut self,
+        now: Instant,
+        datagrams: impl IntoIterator<Item = (SocketAddr, BytesMut)>,
+    ) {
+        for (from, data) in datagrams {
+            self.feed_datagram(now, from, data);
+        }
+        self.drive_dirty(now);
+    }
+
+    fn feed_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
         self.stats.datagrams_received += 1;
         self.buffer.clear();
         match self.endpoint.handle(now, from, None, None, data, &mut self.buffer) {
@@ -690,7 +703,6 @@ impl Transport {
             }
             Some(DatagramEvent::Response(transmit)) => self.push_transmit(&transmit),
         }
-        self.drive_dirty(now);
     }
 
     /// The time from [`Transport::poll_timeout`] has been reached.

@@ -110,7 +110,7 @@ impl Net {
                 let target = self.nodes.iter_mut().find(|(node, _)| address(**node) == to);
                 if let (Some((_, transport)), false) = (target, (self.drop)(from, to)) {
                     self.delivered.push((from, to, contents.clone()));
-                    transport.handle_datagram(self.now, from, BytesMut::from(&contents[..]));
+                    transport.handle_datagrams(self.now, [(from, BytesMut::from(&contents[..]))]);
                 }
             } else {
                 for transport in self.nodes.values_mut() {

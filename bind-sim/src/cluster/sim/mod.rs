@@ -770,7 +770,7 @@ impl ClusterSim {
             return;
         }
         self.network.counts.delivered += 1;
-        self.feed(to, Input::Datagram { from: node_address(from), data: BytesMut::from(data) });
+        self.feed(to, Input::Datagrams(vec![(node_address(from), BytesMut::from(data))]));
     }
 
     /// Starts the node's next disk operation if its disk is idle.
