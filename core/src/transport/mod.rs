@@ -1145,9 +1145,12 @@ impl Transport {
                 let error = chunk::refused_or_reset(error_code);
                 self.finish_outgoing(connection, id, Err(error));
             }
-            // A transfer's send side finished: the receiver took the
-            // status byte, or the sender took the whole body.
-            Event::Stream(StreamEvent::Finished { id }) if id.dir() == Dir::Bi => {}
+            // A transfer's send side finished (the receiver took the status
+            // byte), or a sender stopped reading the status of its own
+            // transfer (quinn does so when a stream is dropped unread): that
+            // concerns the transfer alone, never the connection.
+            Event::Stream(StreamEvent::Finished { id } | StreamEvent::Stopped { id, .. })
+                if id.dir() == Dir::Bi => {}
             Event::Stream(StreamEvent::Stopped { .. } | StreamEvent::Finished { .. }) => {
                 let address = connection.quinn.remote_address();
                 connection.close(now, CLOSE_PROTOCOL, "stream stopped");

@@ -510,3 +510,39 @@ fn a_transfer_above_the_receivers_limit_is_refused() {
     let (_, result) = received_body(&net.take(2));
     assert_eq!(result, Some(Err(TransferError::TooLarge { size: 1001, max: 1000 })));
 }
+
+/// A sender may stop reading the status of its own transfer (quinn stops a
+/// receive stream dropped unread): the transfer still lands and the
+/// connection stays up. Before the fix the node closed the connection.
+#[test]
+fn a_sender_that_stops_reading_its_status_keeps_its_connection() {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let now = net.now;
+    net.node(1).send_raft(now, 2, Bytes::from_static(b"connect"));
+    net.run_for(Duration::from_millis(100));
+    let now = net.now;
+    let transport = net.node(1);
+    let handle = transport.peers[&2].active.unwrap();
+    let connection = transport.connections.get_mut(&handle).unwrap();
+    let stream = connection.quinn.streams().open(quinn_proto::Dir::Bi).unwrap();
+    connection.quinn.recv_stream(stream).stop(quinn_proto::VarInt::from_u32(0)).unwrap();
+    let body = b"body";
+    let mut bytes = vec![0u8];
+    bytes.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(body);
+    bytes.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(body));
+    connection.quinn.send_stream(stream).write(&bytes).unwrap();
+    connection.quinn.send_stream(stream).finish().unwrap();
+    transport.dirty.insert(handle);
+    transport.drive_dirty(now);
+    net.run_for(Duration::from_millis(100));
+    let outputs = net.take(2);
+    assert_eq!(received_body(&outputs), (body.to_vec(), Some(Ok(4))));
+    assert!(refusals(&outputs).is_empty(), "{:?}", refusals(&outputs));
+    let now = net.now;
+    net.node(1).send_raft(now, 2, Bytes::from_static(b"still here"));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(raft_from(&net.take(2)), vec![(1, Bytes::from_static(b"still here"))]);
+    assert!(net.node(1).is_connected(2));
+}
