@@ -1,127 +1,19 @@
 //! Three nodes on tokio tasks, talking QUIC over real UDP sockets on
 //! 127.0.0.1: election, replication, a leader killed and restarted, RPC.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod cluster;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use octopii::{Delivery, NodeLoop, NodeOptions, OctopiiError};
-use octopii_core::raft::NodeConfig;
-use octopii_core::raft::state_machine::KvStateMachine;
-use octopii_core::transport::TransportConfig;
+use octopii::{Delivery, NodeLoop, OctopiiError};
 use octopii_core::transport::rpc::{
     OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError,
 };
-use octopii_core::transport::tls::DevCa;
-use octopii_core::{Command, KernelConfig, Reply};
+use octopii_core::{Command, Reply};
 use tokio::time::Instant;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Cluster {
-    ca: DevCa,
-    dir: tempfile::TempDir,
-    nodes: BTreeMap<u64, NodeLoop>,
-    starts: u8,
-}
-
-impl Cluster {
-    async fn new(ids: &[u64]) -> Self {
-        let mut cluster = Cluster {
-            ca: DevCa::from_seed([3; 32]).unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-            nodes: BTreeMap::new(),
-            starts: 0,
-        };
-        for &id in ids {
-            cluster.start(id, ids).await;
-        }
-        cluster.exchange_addresses().await;
-        cluster
-    }
-
-    fn options(&mut self, id: u64, voters: &[u64]) -> NodeOptions {
-        self.starts += 1;
-        let identity = self.ca.identity(id, [id as u8; 32]).unwrap();
-        let crypto = Arc::new(rustls::crypto::ring::default_provider());
-        let time = Arc::new(rustls::time_provider::DefaultTimeProvider);
-        let transport = TransportConfig::new(id, identity, crypto, time, [self.starts; 32]);
-        let node = NodeConfig {
-            id,
-            voters: voters.to_vec(),
-            seed: id,
-            tick_interval: Duration::from_millis(20),
-            ..NodeConfig::default()
-        };
-        NodeOptions {
-            data_dir: self.dir.path().join(format!("node-{id}")),
-            bind_addr: "127.0.0.1:0".parse().unwrap(),
-            kernel: KernelConfig::default(),
-            node,
-            transport,
-            state_machine: Arc::new(KvStateMachine::default()),
-        }
-    }
-
-    async fn start(&mut self, id: u64, voters: &[u64]) {
-        let options = self.options(id, voters);
-        self.nodes.insert(id, NodeLoop::start(options).await.unwrap());
-    }
-
-    async fn exchange_addresses(&self) {
-        let addresses: Vec<(u64, SocketAddr)> =
-            self.nodes.values().map(|node| (node.id(), node.local_addr())).collect();
-        for node in self.nodes.values() {
-            for &(peer, address) in &addresses {
-                let reply = node.call(Command::UpdatePeerAddr { node: peer, address }).await.unwrap();
-                assert_eq!(reply, Reply::Sent(Ok(())));
-            }
-        }
-    }
-
-    async fn leader(&self) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for node in self.nodes.values() {
-                if let Reply::Status(Ok(status)) = node.call(Command::Status).await.unwrap()
-                    && status.is_leader()
-                {
-                    return node.id();
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader elected");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn propose(&self, command: &str) -> Bytes {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let leader = self.leader().await;
-            let proposal = Command::Propose(Bytes::from(command.to_owned()));
-            match self.nodes[&leader].call(proposal).await.unwrap() {
-                Reply::Proposed(Ok(Ok(result))) => return result,
-                other => assert!(Instant::now() < deadline, "proposal failed: {other:?}"),
-            }
-        }
-    }
-
-    async fn read_everywhere(&self, key: &str, expected: &str) {
-        let deadline = Instant::now() + WAIT;
-        for node in self.nodes.values() {
-            loop {
-                let reply = node.call(Command::Query(Bytes::from(format!("GET {key}")))).await.unwrap();
-                if reply == Reply::Queried(Ok(Ok(Bytes::from(expected.to_owned())))) {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {} never applied {key}: {reply:?}", node.id());
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
+use cluster::{Cluster, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_elects_replicates_and_survives_a_leader_restart() {
@@ -228,4 +120,92 @@ async fn a_node_holds_its_directory_until_stopped_and_checks_its_config() {
     };
     assert!(matches!(mismatched, Err(OctopiiError::NodeConfig(_))), "{mismatched:?}");
     reopened.shutdown().await;
+}
+
+/// Sends a file from node 1 to nodes 2 and 3 at once; each receiver hashes
+/// what arrives as it arrives (never holding the body) and the digest is
+/// compared with the file's. `OCTOPII_TRANSFER_BYTES` sets the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_file_reaches_two_peers_verified_by_sha256() {
+    use octopii_core::transport::chunk::ChunkSource;
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+
+    let cluster = Cluster::new(&[1, 2, 3]).await;
+    let size: u64 =
+        std::env::var("OCTOPII_TRANSFER_BYTES").ok().and_then(|bytes| bytes.parse().ok()).unwrap_or(1 << 30);
+    let path = cluster.dir.path().join("payload.bin");
+    let expected = tokio::task::block_in_place(|| {
+        let mut expected = Sha256::new();
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut block = vec![0u8; 1 << 20];
+        for index in 0..size.div_ceil(block.len() as u64) {
+            for (offset, byte) in block.iter_mut().enumerate() {
+                *byte = (index as usize * 31 + offset * 7) as u8;
+            }
+            let take = (size - index * block.len() as u64).min(block.len() as u64) as usize;
+            file.write_all(&block[..take]).unwrap();
+            expected.update(&block[..take]);
+        }
+        file.flush().unwrap();
+        expected.finalize()
+    });
+
+    // Both receivers read at once: a node drops deliveries nobody takes.
+    let receive = async |peer: u64| {
+        let node = &cluster.nodes[&peer];
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        loop {
+            let delivery = tokio::time::timeout(WAIT, node.recv_delivery()).await;
+            match delivery.expect("transfer stalled").expect("node stopped") {
+                Delivery::ChunkIncoming { from, size: announced, .. } => {
+                    assert_eq!((from, announced), (1, size));
+                }
+                Delivery::ChunkData { data, .. } => {
+                    received += data.len() as u64;
+                    hasher.update(&data);
+                }
+                Delivery::ChunkReceived { result, .. } => {
+                    assert_eq!(result, Ok(size), "node {peer}");
+                    break;
+                }
+                other => panic!("unexpected delivery {other:?}"),
+            }
+        }
+        assert_eq!(received, size, "node {peer} missed bytes");
+        hasher.finalize()
+    };
+    let send = async |peer: u64| {
+        let command = Command::SendChunk { to: peer, source: ChunkSource::File(path.clone()) };
+        cluster.nodes[&1].call(command).await.unwrap()
+    };
+
+    // The receivers notice a stall; the answers must follow soon after.
+    let started = Instant::now();
+    let mut sends = std::pin::pin!(async { tokio::join!(send(2), send(3)) });
+    let mut receives = std::pin::pin!(async { tokio::join!(receive(2), receive(3)) });
+    let mut answers = None;
+    let (digest_2, digest_3) = loop {
+        tokio::select! {
+            replies = &mut sends, if answers.is_none() => answers = Some(replies),
+            digests = &mut receives => break digests,
+        }
+    };
+    let (sent_2, sent_3) = match answers {
+        Some(replies) => replies,
+        None => tokio::time::timeout(WAIT, sends).await.expect("transfers not answered"),
+    };
+    let elapsed = started.elapsed();
+    for (peer, reply, digest) in [(2, sent_2, digest_2), (3, sent_3, digest_3)] {
+        let Reply::ChunkSent(Ok(report)) = reply else { panic!("transfer to {peer} failed: {reply:?}") };
+        assert_eq!(report.bytes, size);
+        assert!(digest == expected, "node {peer} received other bytes");
+    }
+    eprintln!(
+        "sent {} MiB to two peers in {:.2?} ({:.0} MiB/s per peer)",
+        size >> 20,
+        elapsed,
+        (size >> 20) as f64 / elapsed.as_secs_f64()
+    );
 }
