@@ -29,6 +29,13 @@ const SOCKET: Token = Token(1);
 /// The largest UDP payload received (with receive offload, a buffer holds
 /// several datagrams).
 const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
+/// Datagrams sent in one system call at most (what the `quinn` crate
+/// uses): 10 full-size QUIC packets stay far below the 64 KiB a segmented
+/// UDP send may carry.
+const TRANSMIT_SEGMENTS_MAX: usize = 10;
+// A full batch of the largest packets QUIC sends here (1452 bytes on
+// loopback, 1500 at most on Ethernet paths) fits in one UDP payload.
+const _: () = assert!(TRANSMIT_SEGMENTS_MAX * 1500 <= 65_535);
 /// Buffers filled by one receive system call.
 const RECEIVE_BATCH_MAX: usize = 8;
 /// Datagrams kept while the socket's send buffer is full; beyond it they
@@ -137,8 +144,10 @@ impl Node {
         let mut socket = UdpSocket::from_std(bind_udp(options.bind_addr)?);
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
         let mut transport = options.transport;
-        // The socket sends this many datagrams in one system call.
-        transport.max_transmit_segments = udp.max_gso_segments();
+        // The socket sends this many datagrams in one system call; a batch
+        // must also stay within a UDP payload (64 KiB), or the kernel
+        // refuses it whole.
+        transport.max_transmit_segments = udp.max_gso_segments().min(TRANSMIT_SEGMENTS_MAX);
         let kernel =
             Kernel::new_networked_node(options.kernel, options.node, options.state_machine, transport)?;
         let disk = FileDisk::open(&options.data_dir)?;
