@@ -32,7 +32,7 @@ const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
 /// Datagrams sent in one system call at most (what the `quinn` crate
 /// uses): 10 full-size QUIC packets stay far below the 64 KiB a segmented
 /// UDP send may carry.
-const TRANSMIT_SEGMENTS_MAX: usize = 10;
+pub const TRANSMIT_SEGMENTS_MAX: usize = 10;
 // A full batch of the largest packets QUIC sends here (1452 bytes on
 // loopback, 1500 at most on Ethernet paths) fits in one UDP payload.
 const _: () = assert!(TRANSMIT_SEGMENTS_MAX * 1500 <= 65_535);

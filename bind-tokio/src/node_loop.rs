@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use octopii_core::Kernel;
 use octopii_core::disk::DiskCompletion;
 use octopii_core::transport::Transmit;
@@ -22,6 +22,7 @@ use octopii_core::{Command, Reply};
 use octopii_mio::NodeOptions;
 use octopii_mio::disk::{DiskThread, FileDisk};
 use octopii_mio::driver::{Delivery, Driver, Executor, ReplySink};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -33,6 +34,8 @@ const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
 /// Datagrams read in one wake-up before the kernel's outputs are drained;
 /// the rest are read on the next turn, so a flood cannot starve the timer.
 const DATAGRAMS_PER_WAKE_MAX: usize = 1024;
+/// Buffers filled by one receive system call.
+const RECEIVE_BATCH_MAX: usize = 8;
 /// Commands waiting for the loop; beyond it, [`NodeLoop::call`] waits.
 const COMMANDS_QUEUED_MAX: usize = 1024;
 /// Deliveries waiting for [`NodeLoop::recv_delivery`]; beyond it they are
@@ -79,15 +82,16 @@ impl NodeLoop {
     /// Outside a tokio runtime.
     pub async fn start(options: NodeOptions) -> Result<Self> {
         let id = options.node.id;
-        let kernel = Kernel::new_networked_node(
-            options.kernel,
-            options.node,
-            options.state_machine,
-            options.transport,
-        )?;
+        let socket = UdpSocket::from_std(octopii_mio::node::bind_udp(options.bind_addr)?)?;
+        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let mut transport = options.transport;
+        // Several datagrams per send system call (see TRANSMIT_SEGMENTS_MAX).
+        transport.max_transmit_segments =
+            udp.max_gso_segments().min(octopii_mio::node::TRANSMIT_SEGMENTS_MAX);
+        let kernel =
+            Kernel::new_networked_node(options.kernel, options.node, options.state_machine, transport)?;
         // A directory creation and a lock: metadata calls, not data.
         let disk = FileDisk::open(&options.data_dir)?;
-        let socket = UdpSocket::from_std(octopii_mio::node::bind_udp(options.bind_addr)?)?;
         let local_addr = socket.local_addr()?;
 
         let (completions, completion_queue) = mpsc::unbounded_channel::<Vec<DiskCompletion>>();
@@ -97,6 +101,7 @@ impl NodeLoop {
         let (deliver, deliveries) = mpsc::channel(DELIVERIES_QUEUED_MAX);
         let state = Loop {
             socket,
+            udp,
             driver,
             requests: request_queue,
             completions: completion_queue,
@@ -175,7 +180,7 @@ impl NodeLoop {
 
 /// What woke the loop.
 enum Wake {
-    Datagram(io::Result<(usize, SocketAddr)>),
+    Readable(io::Result<()>),
     Request(Option<Request>),
     Disk(Option<Vec<DiskCompletion>>),
     Writable(io::Result<()>),
@@ -184,6 +189,8 @@ enum Wake {
 
 struct Loop {
     socket: UdpSocket,
+    /// Segmentation offload for sends (GSO) and receives (GRO).
+    udp: quinn_udp::UdpSocketState,
     driver: Driver,
     requests: mpsc::Receiver<Request>,
     completions: mpsc::UnboundedReceiver<Vec<DiskCompletion>>,
@@ -194,7 +201,7 @@ struct Loop {
 
 impl Loop {
     async fn run(mut self) {
-        let mut buffer = vec![0; DATAGRAM_BYTES_MAX];
+        let mut buffers = vec![vec![0; DATAGRAM_BYTES_MAX]; RECEIVE_BATCH_MAX];
         let mut stopping_until: Option<Instant> = None;
         let mut disk_running = true;
         // The kernel's first outputs, from `Driver::new`.
@@ -205,7 +212,7 @@ impl Loop {
                 deadline = Some(deadline.map_or(stop, |at| at.min(stop)));
             }
             let wake = tokio::select! {
-                received = self.socket.recv_from(&mut buffer) => Wake::Datagram(received),
+                readable = self.socket.readable() => Wake::Readable(readable),
                 request = self.requests.recv(), if stopping_until.is_none() => Wake::Request(request),
                 done = self.completions.recv(), if disk_running => Wake::Disk(done),
                 writable = self.socket.writable(), if !self.unsent.is_empty() => Wake::Writable(writable),
@@ -224,9 +231,9 @@ impl Loop {
                     disk_running = false;
                     requests_open = false;
                 }
-                Wake::Datagram(received) => self.feed_received(now, received, &buffer),
+                Wake::Readable(Err(error)) => tracing::debug!(%error, "udp socket"),
                 Wake::Writable(Err(error)) => tracing::debug!(%error, "udp socket"),
-                Wake::Writable(Ok(())) | Wake::Timer => {}
+                Wake::Readable(Ok(())) | Wake::Writable(Ok(())) | Wake::Timer => {}
             }
             // Take whatever else is waiting, so that commands fed together
             // share one log batch and a burst of datagrams is one drain.
@@ -240,7 +247,7 @@ impl Loop {
             while let Ok(done) = self.completions.try_recv() {
                 self.driver.disk_done(now, done);
             }
-            self.take_datagrams(now, &mut buffer);
+            self.take_datagrams(now, &mut buffers);
             self.driver.timeout(now);
             self.driver.drain();
             self.flush();
@@ -276,21 +283,34 @@ impl Loop {
         true
     }
 
-    fn feed_received(&mut self, now: Instant, received: io::Result<(usize, SocketAddr)>, buffer: &[u8]) {
-        match received {
-            Ok((length, from)) => self.driver.datagram(now, from, BytesMut::from(&buffer[..length])),
-            // ICMP errors surface here on some systems; the datagram is
-            // lost either way.
-            Err(error) => tracing::debug!(%error, "udp receive"),
-        }
-    }
-
-    /// Reads datagrams already queued on the socket, without waiting.
-    fn take_datagrams(&mut self, now: Instant, buffer: &mut [u8]) {
-        for _ in 0..DATAGRAMS_PER_WAKE_MAX {
-            match self.socket.try_recv_from(buffer) {
+    /// Reads datagrams already queued on the socket, without waiting. The
+    /// socket may coalesce datagrams (GRO): a buffer then holds several of
+    /// `stride` bytes each.
+    fn take_datagrams(&mut self, now: Instant, buffers: &mut [Vec<u8>]) {
+        let mut metas = [quinn_udp::RecvMeta::default(); RECEIVE_BATCH_MAX];
+        let mut taken = 0;
+        while taken < DATAGRAMS_PER_WAKE_MAX {
+            let mut slices: Vec<io::IoSliceMut<'_>> =
+                buffers.iter_mut().map(|buffer| io::IoSliceMut::new(buffer)).collect();
+            let received = self
+                .socket
+                .try_io(Interest::READABLE, || self.udp.recv((&self.socket).into(), &mut slices, &mut metas));
+            match received {
+                Ok(count) => {
+                    for (meta, slice) in metas.iter().zip(&slices).take(count) {
+                        for datagram in slice[..meta.len].chunks(meta.stride.max(1)) {
+                            self.driver.datagram(now, meta.addr, BytesMut::from(datagram));
+                            taken += 1;
+                        }
+                    }
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
-                received => self.feed_received(now, received, buffer),
+                // ICMP errors surface here on some systems; the datagram is
+                // lost either way.
+                Err(error) => {
+                    tracing::debug!(%error, "udp receive");
+                    return;
+                }
             }
         }
     }
@@ -299,25 +319,21 @@ impl Loop {
     /// wait for it to become writable) and hands deliveries to the handle.
     fn flush(&mut self) {
         self.unsent.extend(self.driver.take_transmits());
-        while let Some(transmit) = self.unsent.front_mut() {
-            let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
-            let mut blocked = false;
-            while !transmit.contents.is_empty() {
-                let length = segment.min(transmit.contents.len());
-                match self.socket.try_send_to(&transmit.contents[..length], transmit.destination) {
-                    Ok(_) => {}
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        blocked = true;
-                        break;
-                    }
-                    Err(error) => tracing::debug!(%error, to = %transmit.destination, "udp send"),
-                }
-                // Segments already sent must not be sent again when the
-                // socket becomes writable.
-                transmit.contents.advance(length);
-            }
-            if blocked {
-                break;
+        while let Some(transmit) = self.unsent.front() {
+            let offload = quinn_udp::Transmit {
+                destination: transmit.destination,
+                ecn: None,
+                contents: &transmit.contents,
+                segment_size: transmit.segment_size.filter(|&size| size < transmit.contents.len()),
+                src_ip: None,
+            };
+            let sent =
+                self.socket.try_io(Interest::WRITABLE, || self.udp.send((&self.socket).into(), &offload));
+            match sent {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                // The datagrams are lost, as the network may lose them.
+                Err(error) => tracing::debug!(%error, to = %transmit.destination, "udp send"),
             }
             self.unsent.pop_front();
         }
