@@ -438,27 +438,44 @@ fn a_file_is_sent_piece_by_piece_and_verified() {
     );
 }
 
-#[test]
-fn a_body_that_does_not_match_its_digest_is_reported_on_both_sides() {
-    use super::chunk::TransferError;
-    let ca = ca(1);
-    let mut net = Net::new(&ca, &[1, 2]);
+/// Connects node 1 to node 2, then writes a transfer by hand on a stream of
+/// node 1's connection: `body` with `digest` as its trailer, the status
+/// direction stopped first if `stop_status`. Returns where it went.
+fn raw_transfer(
+    net: &mut Net,
+    body: &[u8],
+    digest: [u8; 32],
+    stop_status: bool,
+) -> (quinn_proto::ConnectionHandle, quinn_proto::StreamId) {
     let now = net.now;
     net.node(1).send_raft(now, 2, Bytes::from_static(b"connect"));
     net.run_for(Duration::from_millis(100));
-    // A sender that lies about its digest: header, body, wrong digest.
     let now = net.now;
     let transport = net.node(1);
     let handle = transport.peers[&2].active.unwrap();
     let connection = transport.connections.get_mut(&handle).unwrap();
     let stream = connection.quinn.streams().open(quinn_proto::Dir::Bi).unwrap();
+    if stop_status {
+        connection.quinn.recv_stream(stream).stop(quinn_proto::VarInt::from_u32(0)).unwrap();
+    }
     let mut bytes = vec![0u8];
-    bytes.extend_from_slice(&4u64.to_be_bytes());
-    bytes.extend_from_slice(b"body");
-    bytes.extend_from_slice(&[0u8; 32]);
+    bytes.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(body);
+    bytes.extend_from_slice(&digest);
     connection.quinn.send_stream(stream).write(&bytes).unwrap();
     connection.quinn.send_stream(stream).finish().unwrap();
-    transport.drive_all(now);
+    transport.dirty.insert(handle);
+    transport.drive_dirty(now);
+    (handle, stream)
+}
+
+#[test]
+fn a_body_that_does_not_match_its_digest_is_reported_on_both_sides() {
+    use super::chunk::TransferError;
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    // A sender that lies about its digest: header, body, wrong digest.
+    let (handle, stream) = raw_transfer(&mut net, b"body", [0; 32], false);
     net.run_for(Duration::from_millis(100));
     let (body, result) = received_body(&net.take(2));
     assert_eq!(body, b"body");
@@ -518,24 +535,9 @@ fn a_transfer_above_the_receivers_limit_is_refused() {
 fn a_sender_that_stops_reading_its_status_keeps_its_connection() {
     let ca = ca(1);
     let mut net = Net::new(&ca, &[1, 2]);
-    let now = net.now;
-    net.node(1).send_raft(now, 2, Bytes::from_static(b"connect"));
-    net.run_for(Duration::from_millis(100));
-    let now = net.now;
-    let transport = net.node(1);
-    let handle = transport.peers[&2].active.unwrap();
-    let connection = transport.connections.get_mut(&handle).unwrap();
-    let stream = connection.quinn.streams().open(quinn_proto::Dir::Bi).unwrap();
-    connection.quinn.recv_stream(stream).stop(quinn_proto::VarInt::from_u32(0)).unwrap();
     let body = b"body";
-    let mut bytes = vec![0u8];
-    bytes.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    bytes.extend_from_slice(body);
-    bytes.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(body));
-    connection.quinn.send_stream(stream).write(&bytes).unwrap();
-    connection.quinn.send_stream(stream).finish().unwrap();
-    transport.dirty.insert(handle);
-    transport.drive_dirty(now);
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(body).into();
+    raw_transfer(&mut net, body, digest, true);
     net.run_for(Duration::from_millis(100));
     let outputs = net.take(2);
     assert_eq!(received_body(&outputs), (body.to_vec(), Some(Ok(4))));
