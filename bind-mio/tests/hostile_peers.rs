@@ -197,3 +197,36 @@ fn a_corrupted_transfer_body_is_reported_as_a_checksum_mismatch() {
     runtime.block_on(peer.close());
     assert_cluster_serves(&cluster, "after");
 }
+
+/// A sender may stop reading the status of its own transfer (quinn does so
+/// for a stream dropped unread): the transfer still lands and the
+/// connection stays up. The node used to close the whole connection.
+#[test]
+fn a_sender_that_stops_reading_its_status_keeps_its_connection() {
+    let body = b"body".to_vec();
+    let digest: [u8; 32] = Sha256::digest(&body).into();
+    let cluster = Cluster::new(&[1, 2]);
+    let runtime = runtime();
+    let identity = cluster.ca.identity(9, [9; 32]).unwrap();
+    let node = &cluster.nodes[&1];
+    let peer = runtime.block_on(HostilePeer::connect(&identity, 9, 1, node.local_addr()));
+    runtime.block_on(peer.transfer_ignoring_status(&body, digest));
+    let mut received = Vec::new();
+    loop {
+        match node.recv_delivery(WAIT).expect("transfer stalled") {
+            Delivery::ChunkIncoming { .. } => {}
+            Delivery::ChunkData { data, .. } => received.extend_from_slice(&data),
+            Delivery::ChunkReceived { result, .. } => {
+                assert_eq!(result, Ok(body.len() as u64));
+                break;
+            }
+            other => panic!("unexpected delivery {other:?}"),
+        }
+    }
+    assert_eq!(received, body);
+    // The same connection still carries a transfer, answered with status 0.
+    assert_eq!(runtime.block_on(peer.transfer(&body, digest)), [0]);
+    assert!(!peer.is_closed(), "the node closed the connection");
+    runtime.block_on(peer.close());
+    assert_cluster_serves(&cluster, "after");
+}

@@ -188,3 +188,35 @@ async fn a_corrupted_transfer_body_is_reported_as_a_checksum_mismatch() {
     peer.close().await;
     assert_cluster_serves(&cluster, "after").await;
 }
+
+/// A sender may stop reading the status of its own transfer (quinn does so
+/// for a stream dropped unread): the transfer still lands and the
+/// connection stays up. The node used to close the whole connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_stops_reading_its_status_keeps_its_connection() {
+    let body = b"body".to_vec();
+    let digest: [u8; 32] = Sha256::digest(&body).into();
+    let cluster = Cluster::new(&[1, 2]).await;
+    let identity = cluster.ca.identity(9, [9; 32]).unwrap();
+    let node = &cluster.nodes[&1];
+    let peer = HostilePeer::connect(&identity, 9, 1, node.local_addr()).await;
+    peer.transfer_ignoring_status(&body, digest).await;
+    let mut received = Vec::new();
+    loop {
+        match next_delivery(node).await {
+            Delivery::ChunkIncoming { .. } => {}
+            Delivery::ChunkData { data, .. } => received.extend_from_slice(&data),
+            Delivery::ChunkReceived { result, .. } => {
+                assert_eq!(result, Ok(body.len() as u64));
+                break;
+            }
+            other => panic!("unexpected delivery {other:?}"),
+        }
+    }
+    assert_eq!(received, body);
+    // The same connection still carries a transfer, answered with status 0.
+    assert_eq!(peer.transfer(&body, digest).await, [0]);
+    assert!(!peer.is_closed(), "the node closed the connection");
+    peer.close().await;
+    assert_cluster_serves(&cluster, "after").await;
+}

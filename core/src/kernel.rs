@@ -16,8 +16,8 @@
 //! polled; the kernel relies on that order (a sync covers the writes polled
 //! before it).
 
+use core::net::SocketAddr;
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};

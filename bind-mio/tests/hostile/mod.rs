@@ -102,6 +102,33 @@ impl HostilePeer {
         }
     }
 
+    /// Sends a valid transfer of `body` but stops its answer direction
+    /// first, as quinn does for a stream dropped unread; waits until the
+    /// node has taken the whole transfer.
+    pub async fn transfer_ignoring_status(&self, body: &[u8], digest: [u8; 32]) {
+        let exchange = async {
+            let (mut send, mut receive) = self.connection.open_bi().await?;
+            receive.stop(0u32.into())?;
+            send.write_all(&[0]).await?;
+            send.write_all(&(body.len() as u64).to_be_bytes()).await?;
+            send.write_all(body).await?;
+            send.write_all(&digest).await?;
+            send.finish()?;
+            let _ = send.stopped().await;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        };
+        match tokio::time::timeout(REACTION_MAX, exchange).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => panic!("transfer failed: {error:?}"),
+            Err(_) => panic!("transfer not taken within {REACTION_MAX:?}"),
+        }
+    }
+
+    /// Whether the node has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+
     /// Closes the connection and waits until the node has been told.
     pub async fn close(self) {
         self.connection.close(0u32.into(), b"done");

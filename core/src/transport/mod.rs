@@ -22,11 +22,8 @@ pub mod frame;
 pub mod rpc;
 pub mod tls;
 
-#[cfg(test)]
-mod tests;
-
+use core::net::SocketAddr;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
