@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use octopii_core::disk::DiskCompletion;
-use octopii_core::transport::chunk::{TransferError, TransferId};
-use octopii_core::transport::rpc::OneWayMessage;
 use octopii_core::transport::{Transmit, TransportEvent};
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
 
@@ -28,48 +26,7 @@ pub enum Executor {
     Thread(DiskThread),
 }
 
-/// Something a peer sent for the application.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// A one-way message.
-    OneWay {
-        /// The sender.
-        from: u64,
-        /// The message.
-        message: OneWayMessage,
-    },
-    /// Opaque bytes.
-    Data {
-        /// The sender.
-        from: u64,
-        /// The bytes.
-        data: Bytes,
-    },
-    /// A peer started a transfer; its body follows as
-    /// [`Delivery::ChunkData`], then [`Delivery::ChunkReceived`].
-    ChunkIncoming {
-        /// The sender.
-        from: u64,
-        /// Names the transfer.
-        transfer: TransferId,
-        /// The body's size.
-        size: u64,
-    },
-    /// The next piece of a transfer's body, not yet verified.
-    ChunkData {
-        /// The transfer.
-        transfer: TransferId,
-        /// The bytes.
-        data: Bytes,
-    },
-    /// The transfer ended: the body matched its SHA-256 digest, or why not.
-    ChunkReceived {
-        /// The transfer.
-        transfer: TransferId,
-        /// The verified size, or the failure.
-        result: Result<u64, TransferError>,
-    },
-}
+pub use octopii_core::transport::Delivery;
 
 /// Owns a kernel and its disk executor, and delivers replies. Datagrams to
 /// send and deliveries for the application are collected for the loop,
@@ -199,23 +156,11 @@ impl Driver {
                     }
                     Output::Event(event) => report(&event),
                     Output::Transmit(transmit) => self.transmits.push(transmit),
-                    Output::OneWay { from, message } => {
-                        self.deliveries.push(Delivery::OneWay { from, message })
-                    }
-                    Output::Data { from, data } => self.deliveries.push(Delivery::Data { from, data }),
+                    Output::Delivery(delivery) => self.deliveries.push(delivery),
                     // Reads of a file being sent come from the page cache
                     // in the common case; they run here, in order.
                     Output::ReadFile { transfer, path, offset, len } => {
                         reads.push((transfer, crate::disk::read_file_piece(&path, offset, len)));
-                    }
-                    Output::ChunkIncoming { from, transfer, size } => {
-                        self.deliveries.push(Delivery::ChunkIncoming { from, transfer, size })
-                    }
-                    Output::ChunkData { transfer, data } => {
-                        self.deliveries.push(Delivery::ChunkData { transfer, data })
-                    }
-                    Output::ChunkReceived { transfer, result } => {
-                        self.deliveries.push(Delivery::ChunkReceived { transfer, result })
                     }
                     Output::Send { to, .. } => {
                         tracing::warn!(to, "kernel without transport: raft message dropped")

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use octopii_core::disk::{DiskDone, DiskFailure, DiskOp};
+use octopii_core::transport::Delivery;
 use octopii_core::{Command, Input, Output, Reply};
 
 /// How many of the latest trace lines a run keeps for its report.
@@ -137,19 +138,13 @@ pub fn describe_output(output: &Output) -> String {
         Output::Transmit(transmit) => {
             format!("transmit to={} {}", transmit.destination, bytes_digest(&transmit.contents))
         }
-        Output::OneWay { from, message } => format!("one-way from={from} {message:?}"),
-        Output::Data { from, data } => format!("data from={from} {}", bytes_digest(data)),
-        Output::ReadFile { transfer, path, offset, len } => {
-            format!("read file transfer={} {} at={offset} len={len}", transfer.0, path.display())
-        }
-        Output::ChunkIncoming { from, transfer, size } => {
-            format!("chunk incoming from={from} transfer={} size={size}", transfer.0)
-        }
-        Output::ChunkData { transfer, data } => {
+        Output::Delivery(Delivery::ChunkData { transfer, data }) => {
             format!("chunk data transfer={} {}", transfer.0, bytes_digest(data))
         }
-        Output::ChunkReceived { transfer, result } => {
-            format!("chunk received transfer={} {result:?}", transfer.0)
+        Output::Delivery(Delivery::Data { from, data }) => format!("data from={from} {}", bytes_digest(data)),
+        Output::Delivery(delivery) => format!("delivery {delivery:?}"),
+        Output::ReadFile { transfer, path, offset, len } => {
+            format!("read file transfer={} {} at={offset} len={len}", transfer.0, path.display())
         }
     }
 }

@@ -16,7 +16,7 @@ use octopii_core::transport::rpc::{
 };
 use octopii_core::transport::tls::{DevCa, TlsIdentity};
 use octopii_core::transport::{
-    RAFT_INLINE_BYTES_MAX, Transport, TransportConfig, TransportEvent, TransportOutput,
+    Delivery, RAFT_INLINE_BYTES_MAX, Transport, TransportConfig, TransportEvent, TransportOutput,
 };
 use std::sync::Arc;
 
@@ -227,10 +227,10 @@ fn requests_are_answered_by_the_handler_and_time_out_when_unanswered() {
             (11, ResponsePayload::Error { message: "unknown operation".into() }),
         ]
     );
-    assert!(net.take(2).contains(&TransportOutput::OneWay {
+    assert!(net.take(2).contains(&TransportOutput::Delivery(Delivery::OneWay {
         from: 1,
         message: OneWayMessage::Heartbeat { node_id: 1, timestamp: 5 }
-    }));
+    })));
 
     // Node 2 stops answering: the request times out at its deadline.
     net.drop = Box::new(|from, _| from == address(2));
@@ -364,8 +364,10 @@ fn received_body(outputs: &[TransportOutput]) -> (Vec<u8>, Option<Result<u64, Tr
     let mut result = None;
     for output in outputs {
         match output {
-            TransportOutput::ChunkData { data, .. } => body.extend_from_slice(data),
-            TransportOutput::ChunkReceived { result: done, .. } => result = Some(done.clone()),
+            TransportOutput::Delivery(Delivery::ChunkData { data, .. }) => body.extend_from_slice(data),
+            TransportOutput::Delivery(Delivery::ChunkReceived { result: done, .. }) => {
+                result = Some(done.clone())
+            }
             _ => {}
         }
     }
@@ -400,11 +402,10 @@ fn a_file_is_sent_piece_by_piece_and_verified() {
     let (body, result) = received_body(&outputs_2);
     assert_eq!(result, Some(Ok(content.len() as u64)));
     assert!(body == content, "the body arrived intact");
-    assert!(
-        outputs_2
-            .iter()
-            .any(|output| matches!(output, TransportOutput::ChunkIncoming { from: 1, size: 3_000_000, .. }))
-    );
+    assert!(outputs_2.iter().any(|output| matches!(
+        output,
+        TransportOutput::Delivery(Delivery::ChunkIncoming { from: 1, size: 3_000_000, .. })
+    )));
 }
 
 #[test]
@@ -421,7 +422,11 @@ fn a_large_raft_message_rides_a_transfer_stream() {
     assert_eq!(got.len(), 2, "both messages arrive");
     assert_eq!(got[0], (1, Bytes::from_static(b"small")));
     assert!(got[1] == (1, snapshot), "the large message arrives intact");
-    assert!(outputs.iter().all(|output| !matches!(output, TransportOutput::ChunkIncoming { .. })));
+    assert!(
+        outputs
+            .iter()
+            .all(|output| !matches!(output, TransportOutput::Delivery(Delivery::ChunkIncoming { .. })))
+    );
 }
 
 #[test]

@@ -29,7 +29,7 @@ use crate::raft::{NodeConfig, NodeConfigError, NodeError, ReplicaEvent};
 use crate::transport::chunk::{ChunkSource, FileRead, TransferError, TransferId, TransferReport};
 use crate::transport::rpc::{OneWayMessage, RequestHandler, RequestPayload, RpcError, RpcResponse};
 use crate::transport::{
-    Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent, TransportOutput,
+    Delivery, Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent, TransportOutput,
 };
 use crate::wal::{RecoveryReport, Wal, WalConfig, WalConfigError, WalEntry, WalError, WalEvent, WalStats};
 
@@ -263,20 +263,6 @@ pub enum Output {
     },
     /// Send this datagram from the node's UDP socket.
     Transmit(Transmit),
-    /// A one-way message from a peer, for the application.
-    OneWay {
-        /// The sender.
-        from: u64,
-        /// The message.
-        message: OneWayMessage,
-    },
-    /// Opaque bytes from a peer, for the application.
-    Data {
-        /// The sender.
-        from: u64,
-        /// The bytes.
-        data: Bytes,
-    },
     /// Read part of a file for an outgoing transfer, then feed
     /// [`Input::FileRead`].
     ReadFile {
@@ -289,30 +275,9 @@ pub enum Output {
         /// How much (less only at the end of the file).
         len: usize,
     },
-    /// A peer started sending this node a transfer.
-    ChunkIncoming {
-        /// The sender.
-        from: u64,
-        /// Names the transfer in the outputs that follow.
-        transfer: TransferId,
-        /// The body's size.
-        size: u64,
-    },
-    /// The next piece of an incoming transfer (verified only once
-    /// [`Output::ChunkReceived`] says so).
-    ChunkData {
-        /// The transfer.
-        transfer: TransferId,
-        /// The bytes.
-        data: Bytes,
-    },
-    /// An incoming transfer ended.
-    ChunkReceived {
-        /// The transfer.
-        transfer: TransferId,
-        /// The verified size, or why it failed.
-        result: Result<u64, TransferError>,
-    },
+    /// Something a peer sent for the application (a message, or a piece or
+    /// the outcome of an incoming transfer).
+    Delivery(Delivery),
     /// Deliver this to the caller of command `id`.
     Reply {
         /// The command answered.
@@ -746,10 +711,7 @@ impl Kernel {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::Response(result)),
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
             },
-            TransportOutput::OneWay { from, message } => {
-                self.outputs.push_back(Output::OneWay { from, message })
-            }
-            TransportOutput::Data { from, data } => self.outputs.push_back(Output::Data { from, data }),
+            TransportOutput::Delivery(delivery) => self.outputs.push_back(Output::Delivery(delivery)),
             TransportOutput::Event(event) => self.outputs.push_back(Output::Event(Event::Transport(event))),
             TransportOutput::RaftTransferDone { transfer, delivered } => {
                 if let (Some(peer), Some(now)) = (self.snapshot_transfers.remove(&transfer), now) {
@@ -763,15 +725,6 @@ impl Kernel {
             },
             TransportOutput::ReadFile { transfer, path, offset, len } => {
                 self.outputs.push_back(Output::ReadFile { transfer, path, offset, len })
-            }
-            TransportOutput::ChunkIncoming { from, transfer, size } => {
-                self.outputs.push_back(Output::ChunkIncoming { from, transfer, size })
-            }
-            TransportOutput::ChunkData { transfer, data } => {
-                self.outputs.push_back(Output::ChunkData { transfer, data })
-            }
-            TransportOutput::ChunkReceived { transfer, result } => {
-                self.outputs.push_back(Output::ChunkReceived { transfer, result })
             }
         }
     }

@@ -209,20 +209,6 @@ pub enum TransportOutput {
         /// The response, or why there is none.
         result: Result<RpcResponse, RpcError>,
     },
-    /// A one-way message from a peer.
-    OneWay {
-        /// The sender.
-        from: u64,
-        /// The message.
-        message: OneWayMessage,
-    },
-    /// Opaque bytes from a peer.
-    Data {
-        /// The sender.
-        from: u64,
-        /// The bytes.
-        data: Bytes,
-    },
     /// Read `len` bytes of the file at `offset` for a transfer and pass
     /// them to [`Transport::handle_file_read`].
     ReadFile {
@@ -250,31 +236,54 @@ pub enum TransportOutput {
         /// Whether the receiver verified it.
         delivered: bool,
     },
-    /// A peer started a transfer to this node.
+    /// Something a peer sent for the application.
+    Delivery(Delivery),
+    /// Report this.
+    Event(TransportEvent),
+}
+
+/// Something a peer sent for the application: messages, and the pieces and
+/// outcome of an incoming transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A one-way message.
+    OneWay {
+        /// The sender.
+        from: u64,
+        /// The message.
+        message: OneWayMessage,
+    },
+    /// Opaque bytes.
+    Data {
+        /// The sender.
+        from: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// A peer started a transfer; its body follows as
+    /// [`Delivery::ChunkData`], then [`Delivery::ChunkReceived`].
     ChunkIncoming {
         /// The sender.
         from: u64,
-        /// Names the transfer in the outputs that follow.
+        /// Names the transfer.
         transfer: TransferId,
         /// The body's size.
         size: u64,
     },
-    /// The next piece of an incoming transfer's body (not yet verified).
+    /// The next piece of a transfer's body, not yet verified.
     ChunkData {
         /// The transfer.
         transfer: TransferId,
         /// The bytes.
         data: Bytes,
     },
-    /// An incoming transfer ended: verified, or why not.
+    /// The transfer ended: the body matched its SHA-256 digest, or why not.
     ChunkReceived {
         /// The transfer.
         transfer: TransferId,
-        /// The body's size once verified, or why it failed.
+        /// The verified size, or the failure.
         result: Result<u64, TransferError>,
     },
-    /// Report this.
-    Event(TransportEvent),
 }
 
 /// Counters of a transport.
@@ -944,14 +953,16 @@ impl Transport {
         for event in received {
             let output = match (event, purpose) {
                 (Received::Started { size }, Purpose::Application) => {
-                    TransportOutput::ChunkIncoming { from, transfer, size }
+                    TransportOutput::Delivery(Delivery::ChunkIncoming { from, transfer, size })
                 }
-                (Received::Data(data), _) => TransportOutput::ChunkData { transfer, data },
+                (Received::Data(data), _) => {
+                    TransportOutput::Delivery(Delivery::ChunkData { transfer, data })
+                }
                 (Received::Finished { raft: Some(message), .. }, _) => {
                     TransportOutput::Raft { from, message }
                 }
                 (Received::Finished { result, .. }, Purpose::Application) => {
-                    TransportOutput::ChunkReceived { transfer, result }
+                    TransportOutput::Delivery(Delivery::ChunkReceived { transfer, result })
                 }
                 (Received::Started { .. } | Received::Finished { .. }, Purpose::Raft) => continue,
             };
@@ -971,8 +982,10 @@ impl Transport {
         for incoming in std::mem::take(&mut connection.incoming).into_values() {
             if incoming.purpose() == Purpose::Application {
                 let result = Err(TransferError::Interrupted(reason.to_owned()));
-                self.outputs
-                    .push_back(TransportOutput::ChunkReceived { transfer: incoming.transfer, result });
+                self.outputs.push_back(TransportOutput::Delivery(Delivery::ChunkReceived {
+                    transfer: incoming.transfer,
+                    result,
+                }));
             }
         }
     }
@@ -1268,8 +1281,12 @@ impl Transport {
                     self.outputs.push_back(TransportOutput::Response { ticket: call.ticket, result });
                 }
             }
-            Frame::OneWay(message) => self.outputs.push_back(TransportOutput::OneWay { from, message }),
-            Frame::Data(data) => self.outputs.push_back(TransportOutput::Data { from, data }),
+            Frame::OneWay(message) => {
+                self.outputs.push_back(TransportOutput::Delivery(Delivery::OneWay { from, message }))
+            }
+            Frame::Data(data) => {
+                self.outputs.push_back(TransportOutput::Delivery(Delivery::Data { from, data }))
+            }
             Frame::Hello { .. } => unreachable!("hello frames are matched above"),
         }
     }
