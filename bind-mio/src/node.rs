@@ -70,6 +70,38 @@ pub fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// `transmit` as quinn-udp sends it: one system call, segmented by the
+/// kernel when it holds several datagrams.
+pub fn offload(transmit: &Transmit) -> quinn_udp::Transmit<'_> {
+    quinn_udp::Transmit {
+        destination: transmit.destination,
+        ecn: None,
+        contents: &transmit.contents,
+        segment_size: transmit.segment_size.filter(|&size| size < transmit.contents.len()),
+        src_ip: None,
+    }
+}
+
+/// Hands `driver` the datagrams of one quinn-udp receive that filled
+/// `count` buffers; returns how many datagrams that was. With receive
+/// offload a buffer holds several datagrams of `stride` bytes each.
+pub fn feed_received(
+    driver: &mut Driver,
+    now: Instant,
+    metas: &[quinn_udp::RecvMeta],
+    buffers: &[io::IoSliceMut<'_>],
+    count: usize,
+) -> usize {
+    let mut fed = 0;
+    for (meta, buffer) in metas.iter().zip(buffers).take(count) {
+        for datagram in buffer[..meta.len].chunks(meta.stride.max(1)) {
+            driver.datagram(now, meta.addr, BytesMut::from(datagram));
+            fed += 1;
+        }
+    }
+    fed
+}
+
 /// Everything a node needs to start.
 pub struct NodeOptions {
     /// Where the node's log lives (locked while the node runs).
@@ -319,13 +351,7 @@ impl Loop {
                     buffers.iter_mut().map(|buffer| io::IoSliceMut::new(buffer)).collect();
                 match self.udp.recv((&self.socket).into(), &mut slices, &mut metas) {
                     Ok(count) => {
-                        for (meta, slice) in metas.iter().zip(&slices).take(count) {
-                            // With receive offload one buffer holds several
-                            // datagrams of `stride` bytes each.
-                            for datagram in slice[..meta.len].chunks(meta.stride.max(1)) {
-                                self.driver.datagram(now, meta.addr, BytesMut::from(datagram));
-                            }
-                        }
+                        feed_received(&mut self.driver, now, &metas, &slices, count);
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                     Err(error) => {
@@ -378,14 +404,7 @@ impl Loop {
     /// become writable.
     fn send(&self, unsent: &mut VecDeque<Transmit>) {
         while let Some(transmit) = unsent.front() {
-            let offload = quinn_udp::Transmit {
-                destination: transmit.destination,
-                ecn: None,
-                contents: &transmit.contents,
-                segment_size: transmit.segment_size.filter(|&size| size < transmit.contents.len()),
-                src_ip: None,
-            };
-            match self.udp.send((&self.socket).into(), &offload) {
+            match self.udp.send((&self.socket).into(), &offload(transmit)) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 // The datagrams are lost, as the network may lose them.

@@ -13,7 +13,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use octopii_core::Kernel;
 use octopii_core::disk::DiskCompletion;
 use octopii_core::transport::Transmit;
@@ -22,6 +21,7 @@ use octopii_core::{Command, Reply};
 use octopii_mio::NodeOptions;
 use octopii_mio::disk::{DiskThread, FileDisk};
 use octopii_mio::driver::{Delivery, Driver, Executor, ReplySink};
+use octopii_mio::node::{feed_received, offload};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -299,12 +299,7 @@ impl Loop {
                 .try_io(Interest::READABLE, || self.udp.recv((&self.socket).into(), &mut slices, &mut metas));
             match received {
                 Ok(count) => {
-                    for (meta, slice) in metas.iter().zip(&slices).take(count) {
-                        for datagram in slice[..meta.len].chunks(meta.stride.max(1)) {
-                            self.driver.datagram(now, meta.addr, BytesMut::from(datagram));
-                            taken += 1;
-                        }
-                    }
+                    taken += feed_received(&mut self.driver, now, &metas, &slices, count);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP errors surface here on some systems; the datagram is
@@ -322,13 +317,7 @@ impl Loop {
     fn flush(&mut self) {
         self.unsent.extend(self.driver.take_transmits());
         while let Some(transmit) = self.unsent.front() {
-            let offload = quinn_udp::Transmit {
-                destination: transmit.destination,
-                ecn: None,
-                contents: &transmit.contents,
-                segment_size: transmit.segment_size.filter(|&size| size < transmit.contents.len()),
-                src_ip: None,
-            };
+            let offload = offload(transmit);
             let sent =
                 self.socket.try_io(Interest::WRITABLE, || self.udp.send((&self.socket).into(), &offload));
             match sent {
