@@ -196,7 +196,9 @@ fn report(event: &Event) {
         Event::Replica(event) => tracing::debug!(?event, "raft"),
         Event::NodeFailed(error) => tracing::error!(%error, "node stopped"),
         Event::CompactionFailed(error) => tracing::warn!(%error, "log compaction failed"),
-        Event::Transport(TransportEvent::Connected { peer }) => tracing::debug!(peer, "connected"),
+        Event::Transport(TransportEvent::Connected { peer, address, inbound }) => {
+            tracing::debug!(peer, %address, inbound, "connected")
+        }
         Event::Transport(TransportEvent::Lost { peer, reason }) => {
             tracing::debug!(peer, %reason, "connection lost")
         }

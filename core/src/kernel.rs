@@ -29,9 +29,14 @@ use crate::raft::{NodeConfig, NodeConfigError, NodeError, ReplicaEvent};
 use crate::transport::chunk::{ChunkSource, FileRead, TransferError, TransferId, TransferReport};
 use crate::transport::rpc::{OneWayMessage, RequestHandler, RequestPayload, RpcError, RpcResponse};
 use crate::transport::{
-    Delivery, Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent, TransportOutput,
+    Delivery, PeerStatus, Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent,
+    TransportOutput,
 };
 use crate::wal::{RecoveryReport, Wal, WalConfig, WalConfigError, WalEntry, WalError, WalEvent, WalStats};
+
+/// Why a log must exist: nodes, their outputs and log events only exist in
+/// a kernel with a log.
+const ONLY_NODES: &str = "a node always runs on a log";
 
 /// Everything a kernel needs to start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,6 +153,12 @@ pub enum Command {
         /// Its address.
         address: SocketAddr,
     },
+    /// Dial an address without knowing which node listens there; answered
+    /// with [`Reply::Connected`] once the node there has proved who it is.
+    Connect(SocketAddr),
+    /// Answered at once with [`Reply::Peer`]: what the transport knows of
+    /// this node.
+    PeerStatus(u64),
 }
 
 /// The answer to a [`Command`].
@@ -185,6 +196,11 @@ pub enum Reply {
     Sent(Result<(), RpcError>),
     /// The transfer's outcome.
     ChunkSent(Result<TransferReport, TransferError>),
+    /// The id of the node at the address dialed.
+    Connected(Result<u64, RpcError>),
+    /// The peer's address and connection; `None` for a node never heard
+    /// of (or no transport).
+    Peer(Option<PeerStatus>),
 }
 
 /// Something that happened, for logs and metrics. Bindings report events;
@@ -346,7 +362,8 @@ pub enum KernelConfigError {
 /// A node's state machine. See the module documentation for the loop.
 #[derive(Debug)]
 pub struct Kernel {
-    wal: Wal,
+    /// `None` only in a transport-only kernel ([`Kernel::new_transport`]).
+    wal: Option<Wal>,
     node: Option<Node>,
     transport: Option<Transport>,
     /// Snapshots riding transfers, by transfer: the peer they go to.
@@ -369,7 +386,7 @@ impl Kernel {
     /// An invalid config.
     pub fn new(config: KernelConfig) -> Result<Self, WalConfigError> {
         config.validate()?;
-        Ok(Self::build(config, None))
+        Ok(Self::build(Some(config), None))
     }
 
     /// Creates a kernel for a replicated node: its log holds the node's Raft
@@ -385,7 +402,7 @@ impl Kernel {
     ) -> Result<Self, KernelConfigError> {
         config.validate()?;
         node.validate()?;
-        Ok(Self::build(config, Some(Node::new(node, state_machine))))
+        Ok(Self::build(Some(config), Some(Node::new(node, state_machine))))
     }
 
     /// Creates a replicated node that talks to its peers over QUIC: Raft
@@ -431,15 +448,29 @@ impl Kernel {
         self.collect(Some(now));
     }
 
+    /// Creates a kernel that runs a QUIC endpoint alone: RPC, messages and
+    /// transfers between nodes, with no log and no Raft (log and node
+    /// commands fail; Raft messages from peers are dropped).
+    ///
+    /// # Errors
+    ///
+    /// An invalid transport config.
+    pub fn new_transport(transport: TransportConfig) -> Result<Self, TransportConfigError> {
+        let mut kernel = Self::build(None, None);
+        kernel.transport = Some(Transport::new(transport)?);
+        kernel.recovered = Some(Err(WalError::NoLog));
+        Ok(kernel)
+    }
+
     /// The transport, for its counters and connection state.
     #[must_use]
     pub fn transport(&self) -> Option<&Transport> {
         self.transport.as_ref()
     }
 
-    fn build(config: KernelConfig, node: Option<Node>) -> Self {
+    fn build(config: Option<KernelConfig>, node: Option<Node>) -> Self {
         let mut kernel = Self {
-            wal: Wal::new(config.wal),
+            wal: config.map(|config| Wal::new(config.wal)),
             node,
             transport: None,
             snapshot_transfers: BTreeMap::new(),
@@ -457,7 +488,8 @@ impl Kernel {
 
     /// Whether commands can run (the log, and the node if any, recovered).
     fn is_ready(&self) -> bool {
-        !self.wal.is_recovering() && self.node.as_ref().is_none_or(Node::is_ready)
+        self.wal.as_ref().is_none_or(|wal| !wal.is_recovering())
+            && self.node.as_ref().is_none_or(Node::is_ready)
     }
 
     /// Consumes one input. Follow it by draining [`Kernel::poll_output`].
@@ -471,12 +503,14 @@ impl Kernel {
                 }
             }
             Input::Disk(completion) => {
-                assert!(self.wal.owns(completion.io), "completion for an unknown operation: {completion:?}");
-                self.wal.handle_completion(now, completion);
+                let wal = self.wal.as_mut().filter(|wal| wal.owns(completion.io));
+                let wal =
+                    wal.unwrap_or_else(|| panic!("completion for an unknown operation: {completion:?}"));
+                wal.handle_completion(now, completion);
             }
             Input::Message { from, message } => {
-                if let Some(node) = &mut self.node {
-                    node.handle_message(now, from, &message, &mut self.wal);
+                if let (Some(node), Some(wal)) = (&mut self.node, &mut self.wal) {
+                    node.handle_message(now, from, &message, wal);
                 }
             }
             Input::Datagrams(datagrams) => {
@@ -490,9 +524,11 @@ impl Kernel {
                 }
             }
             Input::Timeout => {
-                self.wal.handle_timeout(now);
-                if let Some(node) = &mut self.node {
-                    node.handle_timeout(now, &mut self.wal);
+                if let Some(wal) = &mut self.wal {
+                    wal.handle_timeout(now);
+                    if let Some(node) = &mut self.node {
+                        node.handle_timeout(now, wal);
+                    }
                 }
                 if let Some(transport) = &mut self.transport
                     && transport.poll_timeout().is_some_and(|at| at <= now)
@@ -509,13 +545,13 @@ impl Kernel {
     /// fed before polling share one log batch.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front().or_else(|| self.wal.poll_op().map(Output::Disk))
+        self.outputs.pop_front().or_else(|| self.wal.as_mut()?.poll_op().map(Output::Disk))
     }
 
     /// When to feed [`Input::Timeout`], and why; `None` if no timer is set.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
-        let wal = self.wal.poll_timeout().map(|at| (at, TimerReason::WalSyncOverdue));
+        let wal = self.wal.as_ref().and_then(Wal::poll_timeout).map(|at| (at, TimerReason::WalSyncOverdue));
         let node = self.node.as_ref().and_then(Node::poll_timeout).map(|at| (at, TimerReason::Replica));
         let transport =
             self.transport.as_ref().and_then(Transport::poll_timeout).map(|at| (at, TimerReason::Transport));
@@ -552,9 +588,9 @@ impl Kernel {
         );
         if node_command {
             let ticket = self.ticket(Ticket::Command(id));
-            match &mut self.node {
-                Some(node) => node.execute(now, ticket, command, &mut self.wal),
-                None => {
+            match (&mut self.node, &mut self.wal) {
+                (Some(node), Some(wal)) => node.execute(now, ticket, command, wal),
+                _ => {
                     self.tickets.remove(&ticket);
                     self.reply(id, crate::node::failure_reply(&command, NodeError::NotConfigured));
                 }
@@ -572,40 +608,55 @@ impl Kernel {
             };
             return self.reply(id, reply);
         }
-        match command {
-            Command::Open => match &self.recovered {
+        if let Command::Open = command {
+            match &self.recovered {
                 Some(result) => self.reply(id, Reply::Opened(result.clone())),
                 None => self.open_waiters.push(id),
-            },
+            }
+            return;
+        }
+        let Some(wal) = &mut self.wal else {
+            let reply = match command {
+                Command::Append(_) => Reply::Appended(Err(WalError::NoLog)),
+                Command::Flush => Reply::Flushed(Err(WalError::NoLog)),
+                Command::ReadAll => Reply::Entries(Err(WalError::NoLog)),
+                Command::TruncateFrom(_) => Reply::Truncated(Err(WalError::NoLog)),
+                Command::Stats => Reply::Stats(WalStats::default()),
+                _ => Reply::Removed(Err(WalError::NoLog)),
+            };
+            return self.reply(id, reply);
+        };
+        match command {
             Command::Append(payload) => {
-                let result = self.wal.append(now, payload);
+                let result = wal.append(now, payload);
                 self.wait_durable(id, result, Reply::Appended);
             }
             Command::TruncateFrom(from_seq) => {
-                let result = self.wal.truncate_from(now, from_seq);
+                let result = wal.truncate_from(now, from_seq);
                 self.wait_durable(id, result, Reply::Truncated);
             }
             Command::Flush => {
-                let result = self.wal.check_open().map(|()| self.wal.next_seq().saturating_sub(1));
+                let result = wal.check_open().map(|()| wal.next_seq().saturating_sub(1));
                 let flushed = |result: Result<u64, WalError>| Reply::Flushed(result.map(|_| ()));
                 match result {
-                    Ok(_) if self.wal.durable_next() == self.wal.next_seq() => {
-                        self.reply(id, Reply::Flushed(Ok(())))
-                    }
+                    Ok(_) if wal.durable_next() == wal.next_seq() => self.reply(id, Reply::Flushed(Ok(()))),
                     result => self.wait_durable(id, result, flushed),
                 }
             }
             Command::ReadAll => {
                 let ticket = self.ticket(Ticket::Command(id));
-                if let Err(error) = self.wal.read_all(ticket) {
+                if let Err(error) = self.wal.as_mut().expect("checked above").read_all(ticket) {
                     self.tickets.remove(&ticket);
                     self.reply(id, Reply::Entries(Err(error)));
                 }
             }
-            Command::Stats => self.reply(id, Reply::Stats(self.wal.stats())),
+            Command::Stats => {
+                let stats = wal.stats();
+                self.reply(id, Reply::Stats(stats));
+            }
             Command::RemoveBefore(seq) => {
                 let ticket = self.ticket(Ticket::Command(id));
-                if let Err(error) = self.wal.remove_before(ticket, seq) {
+                if let Err(error) = self.wal.as_mut().expect("checked above").remove_before(ticket, seq) {
                     self.tickets.remove(&ticket);
                     self.reply(id, Reply::Removed(Err(error)));
                 }
@@ -623,6 +674,8 @@ impl Kernel {
                 | Command::SendData { .. }
                 | Command::SendChunk { .. }
                 | Command::UpdatePeerAddr { .. }
+                | Command::Connect(_)
+                | Command::PeerStatus(_)
         );
         if !transport_command {
             return Some(command);
@@ -633,6 +686,8 @@ impl Kernel {
                 Command::SendChunk { .. } => {
                     Reply::ChunkSent(Err(TransferError::Unreachable("no transport configured".into())))
                 }
+                Command::Connect(_) => Reply::Connected(Err(RpcError::NoTransport)),
+                Command::PeerStatus(_) => Reply::Peer(None),
                 _ => Reply::Sent(Err(RpcError::NoTransport)),
             };
             self.reply(id, reply);
@@ -663,6 +718,16 @@ impl Kernel {
                 transport.update_peer_addr(now, node, address);
                 self.reply(id, Reply::Sent(Ok(())));
             }
+            Command::Connect(address) => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.tickets.insert(ticket, Ticket::Command(id));
+                transport.connect(now, ticket, address);
+            }
+            Command::PeerStatus(peer) => {
+                let status = transport.peer_status(peer);
+                self.reply(id, Reply::Peer(status));
+            }
             _ => unreachable!("only transport commands reach here"),
         }
         None
@@ -686,7 +751,7 @@ impl Kernel {
     /// `None` only during construction, when nothing can be queued yet.
     fn collect(&mut self, now: Option<Instant>) {
         loop {
-            if let Some(event) = self.wal.poll_event() {
+            if let Some(event) = self.wal.as_mut().and_then(Wal::poll_event) {
                 self.on_wal_event(now, event);
                 continue;
             }
@@ -704,8 +769,9 @@ impl Kernel {
             TransportOutput::Transmit(transmit) => self.outputs.push_back(Output::Transmit(transmit)),
             TransportOutput::Raft { from, message } => {
                 let now = now.expect("messages arrive on an input");
-                let node = self.node.as_mut().expect("a transport only runs in a node");
-                node.handle_message(now, from, &message, &mut self.wal);
+                if let (Some(node), Some(wal)) = (&mut self.node, &mut self.wal) {
+                    node.handle_message(now, from, &message, wal);
+                }
             }
             TransportOutput::Response { ticket, result } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::Response(result)),
@@ -714,13 +780,18 @@ impl Kernel {
             TransportOutput::Delivery(delivery) => self.outputs.push_back(Output::Delivery(delivery)),
             TransportOutput::Event(event) => self.outputs.push_back(Output::Event(Event::Transport(event))),
             TransportOutput::RaftTransferDone { transfer, delivered } => {
-                if let (Some(peer), Some(now)) = (self.snapshot_transfers.remove(&transfer), now) {
-                    let node = self.node.as_mut().expect("a transport only runs in a node");
-                    node.snapshot_delivered(now, peer, delivered, &mut self.wal);
+                if let (Some(peer), Some(now), Some(node), Some(wal)) =
+                    (self.snapshot_transfers.remove(&transfer), now, &mut self.node, &mut self.wal)
+                {
+                    node.snapshot_delivered(now, peer, delivered, wal);
                 }
             }
             TransportOutput::ChunkSent { ticket, result } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::ChunkSent(result)),
+                owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
+            },
+            TransportOutput::Connected { ticket, result } => match self.tickets.remove(&ticket) {
+                Some(Ticket::Command(id)) => self.reply(id, Reply::Connected(result)),
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
             },
             TransportOutput::ReadFile { transfer, path, offset, len } => {
@@ -749,7 +820,7 @@ impl Kernel {
                     // Sent whole: nothing reports its delivery.
                     (true, None) => {
                         let node = self.node.as_mut().expect("only a node sends raft messages");
-                        node.snapshot_delivered(now, to, true, &mut self.wal);
+                        node.snapshot_delivered(now, to, true, self.wal.as_mut().expect(ONLY_NODES));
                     }
                 }
             }
@@ -760,7 +831,7 @@ impl Kernel {
             NodeOutput::Event(event) => self.outputs.push_back(Output::Event(event)),
             NodeOutput::RemoveWalBefore(seq) => {
                 let ticket = self.ticket(Ticket::Compaction);
-                if self.wal.remove_before(ticket, seq).is_err() {
+                if self.wal.as_mut().expect(ONLY_NODES).remove_before(ticket, seq).is_err() {
                     self.tickets.remove(&ticket);
                 }
             }
@@ -796,7 +867,7 @@ impl Kernel {
                     self.reply(id, reply);
                 }
                 if let (Some(node), Some(now)) = (&mut self.node, now) {
-                    node.handle_durable(now, &mut self.wal);
+                    node.handle_durable(now, self.wal.as_mut().expect(ONLY_NODES));
                 }
             }
             WalEvent::Failed(error) => {
@@ -815,7 +886,11 @@ impl Kernel {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::Entries(result)),
                 Some(Ticket::NodeRecovery) => {
                     let (node, now) = (self.node.as_mut().expect("only a node reads itself back"), now);
-                    node.rebuild(now.expect("recovery completes on an input"), result, &mut self.wal);
+                    node.rebuild(
+                        now.expect("recovery completes on an input"),
+                        result,
+                        self.wal.as_mut().expect(ONLY_NODES),
+                    );
                 }
                 owner => panic!("read done for ticket {ticket} owned by {owner:?}"),
             },
@@ -840,7 +915,7 @@ impl Kernel {
         if recovered && self.node.is_some() {
             // The node rebuilds its state from the log before taking commands.
             let ticket = self.ticket(Ticket::NodeRecovery);
-            self.wal.read_all(ticket).expect("the log has just opened");
+            self.wal.as_mut().expect(ONLY_NODES).read_all(ticket).expect("the log has just opened");
             return;
         }
         let queued = std::mem::take(&mut self.queued);

@@ -21,6 +21,11 @@ pub(crate) struct Connection {
     /// inbound connections, a valid hello).
     pub(crate) identified: bool,
     pub(crate) outbound: bool,
+    /// Whether the peer's hello arrived (the dialed node sends one too).
+    pub(crate) hello_received: bool,
+    /// Callers of [`super::Transport::connect`] waiting for this dial to
+    /// learn who answers.
+    pub(crate) dial_tickets: Vec<u64>,
     pub(crate) send: Option<StreamId>,
     /// Encoded frames not yet taken by QUIC; the front may be a remainder.
     pub(crate) queued: VecDeque<Bytes>,
@@ -60,6 +65,8 @@ impl Connection {
             peer,
             identified: false,
             outbound,
+            hello_received: false,
+            dial_tickets: Vec::new(),
             send: None,
             queued: VecDeque::new(),
             front_started: false,
@@ -85,7 +92,8 @@ impl Connection {
 
     /// Hands queued frames to QUIC until flow control pushes back.
     pub(crate) fn flush(&mut self) {
-        if self.closing || !self.identified {
+        // A dialer sends its hello before it knows who answered.
+        if self.closing || !(self.identified || self.outbound) {
             return;
         }
         if self.send.is_none() {

@@ -7,11 +7,13 @@
 //! every input; send [`TransportOutput::Transmit`] datagrams from the UDP
 //! socket; wake it at [`Transport::poll_timeout`].
 //!
-//! Each connection carries one unidirectional stream per direction. The
-//! dialing node's first frame is [`frame::Frame::Hello`] with its node id,
-//! which must match the client certificate rustls has already verified
-//! against the cluster CA; the dialed node is verified by rustls itself (the
-//! dialer asks for [`tls::node_name`] of the id it dials). When both nodes
+//! Each connection carries one unidirectional stream per direction. Each
+//! side's first frame is [`frame::Frame::Hello`] with its node id, which
+//! must match the certificate rustls has already verified against the
+//! cluster CA: the dialing node sends it at once, the dialed node once it
+//! has checked the dialer's. A node dialed by id is also checked by rustls
+//! (the dialer asks for [`tls::node_name`] of that id); a node dialed by
+//! address ([`Transport::connect`]) is known by its hello. When both nodes
 //! dial each other at once, both keep the connection dialed by the lower
 //! id. Every random value quinn-proto needs comes from
 //! [`TransportConfig::seed`], so a run is replayable from it.
@@ -98,6 +100,10 @@ pub struct TransportConfig {
     pub max_transmit_segments: usize,
     /// Largest transfer body accepted from a peer. Default 1 TiB.
     pub chunk_bytes_max: u64,
+    /// Whether each peer that dials this node and proves its identity is
+    /// announced with [`Delivery::Connected`] (for an application that
+    /// accepts connections). Default false.
+    pub announce_inbound: bool,
 }
 
 impl TransportConfig {
@@ -123,6 +129,7 @@ impl TransportConfig {
             reconnect_delay_max: Duration::from_secs(2),
             max_transmit_segments: 1,
             chunk_bytes_max: 1 << 40,
+            announce_inbound: false,
         }
     }
 }
@@ -163,6 +170,10 @@ pub enum TransportEvent {
     Connected {
         /// The peer.
         peer: u64,
+        /// Where the peer's packets come from.
+        address: SocketAddr,
+        /// Whether the peer dialed this node.
+        inbound: bool,
     },
     /// The connection to this peer was lost or could not be made.
     Lost {
@@ -236,6 +247,13 @@ pub enum TransportOutput {
         /// Whether the receiver verified it.
         delivered: bool,
     },
+    /// The outcome of [`Transport::connect`].
+    Connected {
+        /// The ticket given with the dial.
+        ticket: u64,
+        /// The node that answered, or why none did.
+        result: Result<u64, RpcError>,
+    },
     /// Something a peer sent for the application.
     Delivery(Delivery),
     /// Report this.
@@ -246,6 +264,14 @@ pub enum TransportOutput {
 /// outcome of an incoming transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivery {
+    /// A peer dialed this node and proved its identity; what it sends
+    /// follows. Only with [`TransportConfig::announce_inbound`].
+    Connected {
+        /// The peer.
+        peer: u64,
+        /// Where its packets come from.
+        address: SocketAddr,
+    },
     /// A one-way message.
     OneWay {
         /// The sender.
@@ -284,6 +310,45 @@ pub enum Delivery {
         /// The verified size, or the failure.
         result: Result<u64, TransferError>,
     },
+}
+
+/// What a transport knows of one peer ([`Transport::peer_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Where the peer listens, if known.
+    pub address: Option<SocketAddr>,
+    /// QUIC's figures for the connection in use, if one is ready.
+    pub link: Option<LinkStats>,
+}
+
+/// QUIC's figures for one connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
+    /// The congestion window, in bytes.
+    pub congestion_window: u64,
+    /// UDP payload bytes sent.
+    pub sent_bytes: u64,
+    /// UDP payload bytes received.
+    pub received_bytes: u64,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+}
+
+impl From<quinn_proto::ConnectionStats> for LinkStats {
+    fn from(stats: quinn_proto::ConnectionStats) -> Self {
+        Self {
+            rtt: stats.path.rtt,
+            congestion_window: stats.path.cwnd,
+            sent_bytes: stats.udp_tx.bytes,
+            received_bytes: stats.udp_rx.bytes,
+            sent_packets: stats.path.sent_packets,
+            lost_packets: stats.path.lost_packets,
+        }
+    }
 }
 
 /// Counters of a transport.
@@ -359,6 +424,8 @@ pub struct Transport {
     node_id: u64,
     endpoint: Endpoint,
     client_config: ClientConfig,
+    /// For dials by address, where the node answering is not known yet.
+    any_node_config: ClientConfig,
     /// Boxed: a connection is kilobytes, and each is taken out of the map
     /// while it is driven.
     connections: BTreeMap<ConnectionHandle, Box<Connection>>,
@@ -373,6 +440,7 @@ pub struct Transport {
     transfers: BTreeMap<TransferId, (ConnectionHandle, StreamId)>,
     next_transfer: u64,
     chunk_bytes_max: u64,
+    announce_inbound: bool,
     outputs: VecDeque<TransportOutput>,
     buffer: Vec<u8>,
     stats: TransportStats,
@@ -409,6 +477,8 @@ impl Transport {
             quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls.server).map_err(quic_error)?;
         let client_crypto =
             quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls.client).map_err(quic_error)?;
+        let any_node_crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls.any_node_client)
+            .map_err(quic_error)?;
 
         let mut transport = quinn_proto::TransportConfig::default();
         let idle = quinn_proto::IdleTimeout::try_from(config.idle_timeout)
@@ -445,13 +515,19 @@ impl Transport {
         // over the internet; peers of a cluster gain nothing from them.
         server.validation_token.sent(0);
 
-        let mut client_config = ClientConfig::new(Arc::new(client_crypto));
-        let initial_ids = Mutex::new(ChaCha20Rng::from_seed(draw()));
-        client_config.transport_config(transport).initial_dst_cid_provider(Arc::new(move || {
-            let mut bytes = [0; 16];
-            initial_ids.lock().expect("the initial id lock is never poisoned").fill_bytes(&mut bytes);
-            ConnectionId::new(&bytes)
-        }));
+        let initial_ids = Arc::new(Mutex::new(ChaCha20Rng::from_seed(draw())));
+        let client = |crypto: quinn_proto::crypto::rustls::QuicClientConfig| {
+            let mut config = ClientConfig::new(Arc::new(crypto));
+            let initial_ids = initial_ids.clone();
+            config.transport_config(transport.clone()).initial_dst_cid_provider(Arc::new(move || {
+                let mut bytes = [0; 16];
+                initial_ids.lock().expect("the initial id lock is never poisoned").fill_bytes(&mut bytes);
+                ConnectionId::new(&bytes)
+            }));
+            config
+        };
+        let client_config = client(client_crypto);
+        let any_node_config = client(any_node_crypto);
 
         let endpoint = Endpoint::new(Arc::new(endpoint_config), Some(Arc::new(server)), true, None);
         let peers = config
@@ -464,6 +540,7 @@ impl Transport {
             node_id: config.node_id,
             endpoint,
             client_config,
+            any_node_config,
             connections: BTreeMap::new(),
             peers,
             pending: BTreeMap::new(),
@@ -474,6 +551,7 @@ impl Transport {
             transfers: BTreeMap::new(),
             next_transfer: 0,
             chunk_bytes_max: config.chunk_bytes_max,
+            announce_inbound: config.announce_inbound,
             outputs: VecDeque::new(),
             buffer: Vec::new(),
             stats: TransportStats::default(),
@@ -513,6 +591,58 @@ impl Transport {
     #[must_use]
     pub fn peer_addr(&self, peer: u64) -> Option<SocketAddr> {
         self.peers.get(&peer)?.address
+    }
+
+    /// What is known of `peer`; `None` for a node never heard of.
+    #[must_use]
+    pub fn peer_status(&self, peer: u64) -> Option<PeerStatus> {
+        let entry = self.peers.get(&peer)?;
+        let link = entry.active.and_then(|handle| self.connections.get(&handle));
+        Some(PeerStatus { address: entry.address, link: link.map(|c| c.quinn.stats().into()) })
+    }
+
+    /// Dials `address` without knowing which node listens there; the
+    /// outcome comes as [`TransportOutput::Connected`] with `ticket`: the
+    /// id of the node whose certificate (from the cluster CA) and hello
+    /// agree. A node already connected at that address answers at once.
+    /// The address becomes the node's for later sends.
+    pub fn connect(&mut self, now: Instant, ticket: u64, address: SocketAddr) {
+        let answer = |result| TransportOutput::Connected { ticket, result };
+        if self.shut_down {
+            self.outputs.push_back(answer(Err(RpcError::ShuttingDown)));
+            return;
+        }
+        let known =
+            self.peers.iter().find(|(_, peer)| peer.active.is_some() && peer.address == Some(address));
+        if let Some((&peer, _)) = known {
+            self.outputs.push_back(answer(Ok(peer)));
+            return;
+        }
+        let dialing = self.connections.values_mut().find(|connection| {
+            connection.outbound
+                && connection.peer.is_none()
+                && !connection.closing
+                && connection.quinn.remote_address() == address
+        });
+        if let Some(connection) = dialing {
+            connection.dial_tickets.push(ticket);
+            return;
+        }
+        // The name is not checked (see `tls::configs`); it only has to be
+        // valid.
+        match self.endpoint.connect(now, self.any_node_config.clone(), address, "octopii") {
+            Ok((handle, quinn)) => {
+                let mut connection = Box::new(Connection::new(quinn, None, true));
+                connection.dial_tickets.push(ticket);
+                self.connections.insert(handle, connection);
+                self.dirty.insert(handle);
+                self.drive_dirty(now);
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.outputs.push_back(answer(Err(RpcError::Unreachable { address, reason })));
+            }
+        }
     }
 
     /// Installs the handler for incoming requests, replacing any earlier one.
@@ -644,6 +774,10 @@ impl Transport {
         self.shut_down = true;
         for connection in self.connections.values_mut() {
             connection.close(now, CLOSE_SHUTDOWN, "node shutting down");
+            for ticket in connection.dial_tickets.drain(..) {
+                let result = Err(RpcError::ShuttingDown);
+                self.outputs.push_back(TransportOutput::Connected { ticket, result });
+            }
         }
         let pending = std::mem::take(&mut self.pending);
         self.deadlines.clear();
@@ -1050,14 +1184,16 @@ impl Transport {
         }
         connection.timeout = connection.quinn.poll_timeout();
         if drained {
-            self.forget(now, handle, &connection);
+            self.forget(now, handle, &mut connection);
         } else {
             self.connections.insert(handle, connection);
         }
     }
 
     /// The connection is gone for good: detach it from its peer.
-    fn forget(&mut self, now: Instant, handle: ConnectionHandle, connection: &Connection) {
+    fn forget(&mut self, now: Instant, handle: ConnectionHandle, connection: &mut Connection) {
+        let address = connection.quinn.remote_address();
+        self.fail_dial(connection, address, "connection closed".to_owned());
         let Some(peer_id) = connection.peer else { return };
         let Some(peer) = self.peers.get_mut(&peer_id) else { return };
         let was_dialing = peer.dialing == Some(handle);
@@ -1084,17 +1220,22 @@ impl Transport {
         match event {
             Event::Connected => {
                 if connection.outbound {
-                    let peer = connection.peer.expect("an outbound connection knows its peer");
-                    connection.identified = true;
                     // A fresh stream has credit far beyond a hello, so it
                     // leaves the queue at once and is never moved to another
-                    // connection by `take_unstarted`.
+                    // connection by `retire`.
                     connection.enqueue(Frame::Hello { node_id: self.node_id }.encode());
-                    self.identified(now, handle, connection, peer);
+                    // Dialed by id: rustls has checked the certificate names
+                    // it. Dialed by address: identified by its hello.
+                    if let Some(peer) = connection.peer {
+                        connection.identified = true;
+                        self.identified(now, handle, connection, peer);
+                    }
                 }
             }
             Event::ConnectionLost { reason } => {
                 let reason = reason.to_string();
+                let address = connection.quinn.remote_address();
+                self.fail_dial(connection, address, reason.clone());
                 self.fail_transfers(connection, &reason);
                 if let Some(peer_id) = connection.peer
                     && let Some(peer) = self.peers.get_mut(&peer_id)
@@ -1227,20 +1368,39 @@ impl Transport {
         frame: Frame,
     ) {
         let address = connection.quinn.remote_address();
-        let (from, frame) = match (connection.identified, connection.peer, frame) {
-            (false, None, Frame::Hello { node_id }) if !connection.outbound => {
+        let (from, frame) = match (connection.hello_received, connection.peer, frame) {
+            (false, None, Frame::Hello { node_id }) => {
+                connection.hello_received = true;
                 match self.check_hello(connection, node_id) {
                     Ok(()) => {
                         connection.peer = Some(node_id);
                         connection.identified = true;
+                        if connection.outbound {
+                            self.peers.entry(node_id).or_default().address.get_or_insert(address);
+                            for ticket in connection.dial_tickets.drain(..) {
+                                self.outputs
+                                    .push_back(TransportOutput::Connected { ticket, result: Ok(node_id) });
+                            }
+                        } else {
+                            // Before `identified`, which may retire this
+                            // connection and move unsent frames elsewhere.
+                            connection.enqueue(Frame::Hello { node_id: self.node_id }.encode());
+                        }
                         self.identified(now, handle, connection, node_id);
                         self.accept_transfers(connection);
                     }
                     Err(reason) => {
+                        self.fail_dial(connection, address, reason.clone());
                         connection.close(now, CLOSE_IDENTITY, &reason);
                         self.refused(address, reason);
                     }
                 }
+                return;
+            }
+            // The answer of a node dialed by id: rustls has checked its
+            // certificate names `peer`.
+            (false, Some(peer), Frame::Hello { node_id }) if connection.outbound && node_id == peer => {
+                connection.hello_received = true;
                 return;
             }
             (true, Some(peer), frame) if !matches!(frame, Frame::Hello { .. }) => (peer, frame),
@@ -1291,7 +1451,15 @@ impl Transport {
         }
     }
 
-    /// Checks an inbound hello against the certificate rustls verified.
+    /// Answers the callers waiting for an address dial that failed.
+    fn fail_dial(&mut self, connection: &mut Connection, address: SocketAddr, reason: String) {
+        for ticket in connection.dial_tickets.drain(..) {
+            let result = Err(RpcError::Unreachable { address, reason: reason.clone() });
+            self.outputs.push_back(TransportOutput::Connected { ticket, result });
+        }
+    }
+
+    /// Checks a peer's hello against the certificate rustls verified.
     fn check_hello(&self, connection: &Connection, claimed: u64) -> Result<(), String> {
         if claimed == self.node_id {
             return Err(format!("peer claims this node's own id {claimed}"));
@@ -1349,7 +1517,12 @@ impl Transport {
         }
         connection.unstarted.extend(std::mem::take(&mut peer.waiting_transfers));
         self.start_transfers(now, handle, connection);
-        self.outputs.push_back(TransportOutput::Event(TransportEvent::Connected { peer: peer_id }));
+        let (address, inbound) = (connection.quinn.remote_address(), !connection.outbound);
+        if inbound && self.announce_inbound {
+            self.outputs.push_back(TransportOutput::Delivery(Delivery::Connected { peer: peer_id, address }));
+        }
+        let event = TransportEvent::Connected { peer: peer_id, address, inbound };
+        self.outputs.push_back(TransportOutput::Event(event));
     }
 }
 

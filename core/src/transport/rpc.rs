@@ -158,6 +158,14 @@ pub enum RpcError {
     /// The transport is shutting down.
     #[error("transport is shutting down")]
     ShuttingDown,
+    /// No node at this address could be reached or proved its identity.
+    #[error("cannot connect to {address}: {reason}")]
+    Unreachable {
+        /// The address dialed.
+        address: core::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The user's handler for incoming requests; it runs on the node's loop, so

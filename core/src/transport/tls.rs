@@ -91,7 +91,12 @@ pub enum TlsError {
 /// The rustls configurations of one node, both directions.
 pub(crate) struct TlsConfigs {
     pub(crate) server: rustls::ServerConfig,
+    /// For dialing a known node: rustls checks the certificate names it.
     pub(crate) client: rustls::ClientConfig,
+    /// For dialing an address: the certificate must come from the cluster
+    /// CA, and the node it names is checked against the hello the dialed
+    /// node sends (see [`check_identity`]).
+    pub(crate) any_node_client: rustls::ClientConfig,
 }
 
 /// Builds TLS 1.3 configurations that require and verify certificates from
@@ -123,7 +128,81 @@ pub(crate) fn configs(
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(config_error)?;
     client.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(TlsConfigs { server, client })
+    let anchor = webpki::anchor_from_trusted_cert(&identity.ca)
+        .map_err(|error| TlsError::Config(format!("CA certificate: {error}")))?
+        .to_owned();
+    let any_node = AnyNodeVerifier { roots: vec![anchor], provider: provider.clone() };
+    let mut any_node_client = rustls::ClientConfig::builder_with_details(provider.clone(), time.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(any_node))
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(config_error)?;
+    any_node_client.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(TlsConfigs { server, client, any_node_client })
+}
+
+/// Accepts a server certificate that chains to the cluster CA, whatever
+/// node it names: the name is checked once the node says who it is.
+#[derive(Debug)]
+struct AnyNodeVerifier {
+    roots: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyNodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let invalid = |error: webpki::Error| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                error,
+            ))))
+        };
+        let certificate = webpki::EndEntityCert::try_from(end_entity).map_err(invalid)?;
+        certificate
+            .verify_for_usage(
+                self.provider.signature_verification_algorithms.all,
+                &self.roots,
+                intermediates,
+                now,
+                webpki::KeyUsage::server_auth(),
+                None,
+                None,
+            )
+            .map_err(invalid)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, certificate, signature, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, certificate, signature, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Checks that a peer's end-entity certificate (already verified against

@@ -161,6 +161,9 @@ pub enum WalError {
     /// The log holds a replicated node's state; only the node writes it.
     #[error("the log belongs to the replicated node")]
     OwnedByNode,
+    /// The kernel runs a transport alone, without a log.
+    #[error("this kernel has no log")]
+    NoLog,
     /// A truncation point beyond the end of the log.
     #[error("cannot truncate from sequence {from_seq}: the log ends before {next_seq}")]
     TruncateBeyondEnd {
