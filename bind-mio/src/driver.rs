@@ -24,6 +24,8 @@ pub enum Executor {
     /// A disk thread, so that the loop keeps serving other inputs (the
     /// network) while a sync runs; completions come back as inputs.
     Thread(DiskThread),
+    /// No disk: a kernel running a transport alone never asks for disk work.
+    None,
 }
 
 pub use octopii_core::transport::Delivery;
@@ -114,6 +116,11 @@ impl Driver {
         std::mem::take(&mut self.deliveries)
     }
 
+    /// Who executes the disk operations.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
     /// The kernel, for reading its state.
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
@@ -149,6 +156,7 @@ impl Driver {
                             completed.push(DiskCompletion { io: op.io(), result: disk.execute(&op) })
                         }
                         Executor::Thread(thread) => thread.submit(op),
+                        Executor::None => unreachable!("a kernel without a log asked for {op:?}"),
                     },
                     Output::Reply { id, reply } => {
                         let sink = self.waiters.remove(&id).expect("the kernel answers each command once");

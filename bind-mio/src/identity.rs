@@ -14,6 +14,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use octopii_core::transport::TransportConfig;
 use octopii_core::transport::tls::{DevCa, TlsError, TlsIdentity};
 use rand::RngCore;
 
@@ -47,6 +50,16 @@ pub enum IdentityError {
     /// The stored development CA seed is damaged.
     #[error("{0}: not a 32-byte hex seed")]
     BadSeed(PathBuf),
+}
+
+/// The transport settings of a production node: `identity`, ring's
+/// cryptography, the system clock, a seed from the operating system, and
+/// the defaults of [`TransportConfig::new`].
+#[must_use]
+pub fn transport_config(node_id: u64, identity: TlsIdentity) -> TransportConfig {
+    let crypto = Arc::new(rustls::crypto::ring::default_provider());
+    let time = Arc::new(rustls::time_provider::DefaultTimeProvider);
+    TransportConfig::new(node_id, identity, crypto, time, random_seed())
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {

@@ -449,3 +449,79 @@ fn a_transfer_above_the_receivers_limit_is_refused() {
     let (_, result) = received_body(&net.take(2));
     assert_eq!(result, Some(Err(TransferError::TooLarge { size: 1001, max: 1000 })));
 }
+
+fn connected(outputs: &[TransportOutput], ticket: u64) -> Option<Result<u64, RpcError>> {
+    outputs.iter().find_map(|output| match output {
+        TransportOutput::Connected { ticket: answered, result } if *answered == ticket => Some(result.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_node_dialed_by_address_is_known_by_its_certificate_and_hello() {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[]);
+    for node in [1, 2] {
+        let mut config = config(node, ca.identity(node, seed(7, node)).unwrap(), &[], 1);
+        config.announce_inbound = true;
+        net.add(node, Transport::new(config).unwrap());
+    }
+    let now = net.now;
+    net.node(1).connect(now, 7, address(2));
+    net.node(1).connect(now, 8, address(2));
+    net.run_for(Duration::from_millis(100));
+    let outputs = net.take(1);
+    assert_eq!(connected(&outputs, 7), Some(Ok(2)));
+    assert_eq!(connected(&outputs, 8), Some(Ok(2)), "a second caller shares the dial");
+    assert_eq!(net.node(1).peer_addr(2), Some(address(2)));
+    let announced = net.take(2);
+    assert!(
+        announced.contains(&TransportOutput::Delivery(Delivery::Connected { peer: 1, address: address(1) })),
+        "{announced:?}"
+    );
+
+    let now = net.now;
+    net.node(1).connect(now, 9, address(2));
+    net.node(1).send_data(now, 2, Bytes::from_static(b"hello, 2")).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(connected(&net.take(1), 9), Some(Ok(2)), "answered at once when connected");
+    assert!(net.take(2).contains(&TransportOutput::Delivery(Delivery::Data {
+        from: 1,
+        data: Bytes::from_static(b"hello, 2")
+    })));
+    let now = net.now;
+    net.node(2).send_data(now, 1, Bytes::from_static(b"hello, 1")).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert!(net.take(1).contains(&TransportOutput::Delivery(Delivery::Data {
+        from: 2,
+        data: Bytes::from_static(b"hello, 1")
+    })));
+    assert_eq!(net.node(1).stats().connections_open, 1);
+}
+
+#[test]
+fn a_dial_by_address_fails_for_an_impostor_another_ca_or_nobody() {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1]);
+    // Node 2 holds the cluster's certificate of node 3 and claims to be 2.
+    let impostor = ca.identity(3, seed(7, 3)).unwrap();
+    net.add(2, Transport::new(config(2, impostor, &[], 1)).unwrap());
+    let stranger = DevCa::from_seed([9; 32]).unwrap().identity(4, seed(7, 4)).unwrap();
+    net.add(4, Transport::new(config(4, stranger, &[], 1)).unwrap());
+    let now = net.now;
+    net.node(1).connect(now, 2, address(2));
+    net.node(1).connect(now, 4, address(4));
+    net.node(1).connect(now, 5, address(5));
+    net.run_for(Duration::from_secs(15));
+    let outputs = net.take(1);
+    for (ticket, expected) in [(2, "does not belong to node 2"), (4, ""), (5, "")] {
+        match connected(&outputs, ticket) {
+            Some(Err(RpcError::Unreachable { address: dialed, reason })) => {
+                assert_eq!(dialed, address(ticket));
+                assert!(reason.contains(expected), "{reason}");
+            }
+            other => panic!("dial of {} answered {other:?}", address(ticket)),
+        }
+    }
+    assert!(net.node(1).peer_status(2).is_none() && net.node(1).peer_status(3).is_none());
+}

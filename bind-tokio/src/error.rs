@@ -1,6 +1,8 @@
 //! The error type of the tokio binding's API.
 
 use octopii_core::KernelConfigError;
+use octopii_core::transport::chunk::TransferError;
+use octopii_core::transport::rpc::RpcError;
 use octopii_core::wal::{WalConfigError, WalError};
 
 /// Why an Octopii operation failed.
@@ -21,6 +23,17 @@ pub enum OctopiiError {
     /// settings, or a transport configured for another node.
     #[error("invalid node configuration: {0}")]
     NodeConfig(#[from] KernelConfigError),
+    /// A message or request to a peer failed: timed out, connection lost,
+    /// peer unreachable or unknown, too large, queue full.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// A Shipping Lane transfer failed: checksum mismatch, interrupted,
+    /// refused, or its file unreadable.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// A message could not be encoded or decoded.
+    #[error("serialization: {0}")]
+    Serialization(String),
     /// The component has shut down and takes no more requests.
     #[error("shut down")]
     Shutdown,

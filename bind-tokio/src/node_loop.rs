@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use octopii_core::Kernel;
+use octopii_core::KernelConfigError;
 use octopii_core::disk::DiskCompletion;
-use octopii_core::transport::Transmit;
 use octopii_core::transport::rpc::RequestHandler;
+use octopii_core::transport::{Transmit, TransportConfig};
 use octopii_core::{Command, Reply};
 use octopii_mio::NodeOptions;
 use octopii_mio::disk::{DiskThread, FileDisk};
@@ -45,8 +46,13 @@ const UNSENT_DATAGRAMS_MAX: usize = 4096;
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(50);
 
 enum Request {
-    Command { command: Command, reply: ReplySink },
+    Command {
+        command: Command,
+        reply: ReplySink,
+    },
     Handler(RequestHandler),
+    /// Stop the loop; the sender is dropped once it has stopped.
+    Stop(oneshot::Sender<()>),
 }
 
 /// A node running on a task of the current tokio runtime, and the handle
@@ -82,22 +88,38 @@ impl NodeLoop {
     ///
     /// Outside a tokio runtime.
     pub async fn start(options: NodeOptions) -> Result<Self> {
-        let id = options.node.id;
-        let socket = UdpSocket::from_std(octopii_mio::node::bind_udp(options.bind_addr)?)?;
-        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
-        let mut transport = options.transport;
-        // Several datagrams per send system call (see TRANSMIT_SEGMENTS_MAX).
-        transport.max_transmit_segments =
-            udp.max_gso_segments().min(octopii_mio::node::TRANSMIT_SEGMENTS_MAX);
+        let (socket, udp, transport) = bind(options.bind_addr, options.transport)?;
         let kernel =
             Kernel::new_networked_node(options.kernel, options.node, options.state_machine, transport)?;
         // A directory creation and a lock: metadata calls, not data.
         let disk = FileDisk::open(&options.data_dir)?;
-        let local_addr = socket.local_addr()?;
+        Self::spawn(kernel, socket, udp, Some(disk))
+    }
 
+    /// Binds the socket and spawns a loop running `transport` alone: no
+    /// log, no Raft (see [`Kernel::new_transport`]).
+    pub(crate) fn start_transport(bind_addr: SocketAddr, transport: TransportConfig) -> Result<Self> {
+        let (socket, udp, transport) = bind(bind_addr, transport)?;
+        let kernel = Kernel::new_transport(transport).map_err(KernelConfigError::from)?;
+        Self::spawn(kernel, socket, udp, None)
+    }
+
+    fn spawn(
+        kernel: Kernel,
+        socket: UdpSocket,
+        udp: quinn_udp::UdpSocketState,
+        disk: Option<FileDisk>,
+    ) -> Result<Self> {
+        let id = kernel.transport().expect("a node loop runs a transport").node_id();
+        let local_addr = socket.local_addr()?;
         let (completions, completion_queue) = mpsc::unbounded_channel::<Vec<DiskCompletion>>();
-        let disk = DiskThread::spawn(disk, move |done| completions.send(done).is_ok())?;
-        let driver = Driver::new(kernel, Executor::Thread(disk));
+        let executor = match disk {
+            Some(disk) => {
+                Executor::Thread(DiskThread::spawn(disk, move |done| completions.send(done).is_ok())?)
+            }
+            None => Executor::None,
+        };
+        let driver = Driver::new(kernel, executor);
         let (requests, request_queue) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let (deliver, deliveries) = mpsc::unbounded_channel();
         let state = Loop {
@@ -108,6 +130,7 @@ impl NodeLoop {
             completions: completion_queue,
             deliver,
             unsent: VecDeque::new(),
+            stopped: Vec::new(),
         };
         let task = tokio::spawn(state.run());
         Ok(Self { id, local_addr, requests, deliveries: Mutex::new(deliveries), task })
@@ -161,6 +184,22 @@ impl NodeLoop {
         self.deliveries.lock().await.recv().await
     }
 
+    /// Stops the node as [`NodeLoop::shutdown`] does, from a shared handle;
+    /// returns once it has stopped. Later calls fail with
+    /// [`OctopiiError::Shutdown`].
+    pub(crate) async fn stop(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.send(Request::Stop(done)).await.is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
+    /// The receiver of deliveries, for a wrapper that routes them itself
+    /// ([`NodeLoop::recv_delivery`] then sees nothing).
+    pub(crate) fn take_deliveries(&mut self) -> mpsc::UnboundedReceiver<Delivery> {
+        std::mem::replace(self.deliveries.get_mut(), mpsc::unbounded_channel().1)
+    }
+
     /// Stops the node: pending requests fail, peers are told (for about
     /// 50 ms), then the disk thread finishes the operations already queued.
     /// Returns once the socket and the data directory are released, so the
@@ -199,13 +238,16 @@ struct Loop {
     deliver: mpsc::UnboundedSender<Delivery>,
     /// Datagrams waiting for the socket to become writable, oldest first.
     unsent: VecDeque<Transmit>,
+    /// Told (by being dropped) once the loop has stopped.
+    stopped: Vec<oneshot::Sender<()>>,
 }
 
 impl Loop {
     async fn run(mut self) {
         let mut buffers = vec![vec![0; DATAGRAM_BYTES_MAX]; RECEIVE_BATCH_MAX];
         let mut stopping_until: Option<Instant> = None;
-        let mut disk_running = true;
+        // Without a disk thread the channel's sender is gone at once.
+        let mut disk_running = matches!(self.driver.executor(), Executor::Thread(_));
         // The kernel's first outputs, from `Driver::new`.
         self.flush();
         loop {
@@ -223,7 +265,7 @@ impl Loop {
             let now = clock();
             let mut requests_open = stopping_until.is_none();
             match wake {
-                Wake::Request(Some(request)) => self.feed_request(now, request),
+                Wake::Request(Some(request)) => requests_open = self.feed_request(now, request),
                 Wake::Request(None) => requests_open = false,
                 Wake::Disk(Some(done)) => self.driver.disk_done(now, done),
                 Wake::Disk(None) => {
@@ -257,27 +299,39 @@ impl Loop {
                 break;
             }
         }
-        let Self { socket, driver, .. } = self;
+        let Self { socket, driver, stopped, .. } = self;
         drop(socket);
         // Joining the disk thread waits for its last operations (a sync,
         // perhaps): keep that off the runtime's workers.
         if tokio::task::spawn_blocking(move || driver.close()).await.is_err() {
             tracing::warn!("node's disk thread was not joined");
         }
+        drop(stopped);
     }
 
-    fn feed_request(&mut self, now: Instant, request: Request) {
+    /// Feeds one request; `false` if it asks the loop to stop.
+    fn feed_request(&mut self, now: Instant, request: Request) -> bool {
         match request {
             Request::Command { command, reply } => self.driver.command(now, command, reply),
             Request::Handler(handler) => self.driver.set_request_handler(handler),
+            Request::Stop(done) => {
+                self.stopped.push(done);
+                return false;
+            }
         }
+        true
     }
 
-    /// Feeds every waiting request; `false` once every caller has gone.
+    /// Feeds every waiting request; `false` once every caller has gone or
+    /// one asked to stop.
     fn take_requests(&mut self, now: Instant) -> bool {
         for _ in 0..COMMANDS_QUEUED_MAX {
             match self.requests.try_recv() {
-                Ok(request) => self.feed_request(now, request),
+                Ok(request) => {
+                    if !self.feed_request(now, request) {
+                        return false;
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Empty) => return true,
                 Err(mpsc::error::TryRecvError::Disconnected) => return false,
             }
@@ -336,6 +390,19 @@ impl Loop {
             let _ = self.deliver.send(delivery);
         }
     }
+}
+
+/// Binds a UDP socket with segmentation offload, and tells the transport
+/// how many datagrams one send may carry.
+fn bind(
+    address: SocketAddr,
+    mut transport: TransportConfig,
+) -> Result<(UdpSocket, quinn_udp::UdpSocketState, TransportConfig)> {
+    let socket = UdpSocket::from_std(octopii_mio::node::bind_udp(address)?)?;
+    let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+    // Several datagrams per send system call (see TRANSMIT_SEGMENTS_MAX).
+    transport.max_transmit_segments = udp.max_gso_segments().min(octopii_mio::node::TRANSMIT_SEGMENTS_MAX);
+    Ok((socket, udp, transport))
 }
 
 /// The loop's clock: tokio's, so that a runtime with paused time drives
