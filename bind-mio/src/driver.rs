@@ -213,6 +213,7 @@ fn report(event: &Event) {
         Event::Transport(TransportEvent::HandshakeFailed { address, reason }) => {
             tracing::debug!(%address, %reason, "handshake failed")
         }
+        Event::FormationStepFailed(error) => tracing::debug!(%error, "cluster formation step failed"),
         Event::Transport(TransportEvent::Refused { address, reason }) => {
             tracing::warn!(%address, %reason, "connection refused")
         }

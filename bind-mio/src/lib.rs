@@ -8,12 +8,14 @@
 //! executor ([`disk::FileDisk`], [`disk::DiskThread`]) and the loop body
 //! ([`driver::Driver`]); the tokio binding reuses them.
 
+pub mod config;
 pub mod disk;
 pub mod driver;
 pub mod identity;
 pub mod node;
 mod wal;
 
+pub use config::{Config, ConfigError, TlsPaths};
 pub use node::{LoopError, Node, NodeOptions};
 pub use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError, WalStats};
 pub use wal::{Error, WriteAheadLog};

@@ -452,7 +452,9 @@ fn a_transfer_above_the_receivers_limit_is_refused() {
 
 fn connected(outputs: &[TransportOutput], ticket: u64) -> Option<Result<u64, RpcError>> {
     outputs.iter().find_map(|output| match output {
-        TransportOutput::Connected { ticket: answered, result } if *answered == ticket => Some(result.clone()),
+        TransportOutput::Connected { ticket: answered, result } if *answered == ticket => {
+            Some(result.clone())
+        }
         _ => None,
     })
 }

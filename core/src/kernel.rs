@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::disk::{DiskCompletion, DiskOp, IoError};
+use crate::formation::Formation;
 use crate::node::{Membership, Node, NodeStatus};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeConfig, NodeConfigError, NodeError, ReplicaEvent};
@@ -228,6 +229,9 @@ pub enum Event {
     NodeFailed(NodeError),
     /// Something happened to a connection.
     Transport(TransportEvent),
+    /// A membership step of cluster formation failed; the next round tries
+    /// again.
+    FormationStepFailed(NodeError),
 }
 
 /// One input to [`Kernel::handle_input`].
@@ -314,6 +318,8 @@ pub enum TimerReason {
     Replica,
     /// A QUIC timer, an RPC deadline or a reconnect.
     Transport,
+    /// The next round of cluster formation (see [`crate::formation`]).
+    Formation,
 }
 
 #[derive(Debug)]
@@ -334,6 +340,10 @@ pub(crate) enum Ticket {
     NodeRecovery,
     /// The node removing segments a snapshot made obsolete.
     Compaction,
+    /// Cluster formation dialing a configured address.
+    FormationDial(SocketAddr),
+    /// Cluster formation changing the membership.
+    FormationChange,
 }
 
 /// Why a kernel could not be built.
@@ -366,6 +376,7 @@ pub struct Kernel {
     wal: Option<Wal>,
     node: Option<Node>,
     transport: Option<Transport>,
+    formation: Option<Formation>,
     /// Snapshots riding transfers, by transfer: the peer they go to.
     snapshot_transfers: BTreeMap<TransferId, u64>,
     recovered: Option<Result<RecoveryReport, WalError>>,
@@ -422,8 +433,10 @@ impl Kernel {
             return Err(KernelConfigError::NodeIdMismatch { transport: transport.node_id, node: node.id });
         }
         let transport = Transport::new(transport)?;
+        let formation = Formation::new(&node.peer_addresses);
         let mut kernel = Self::new_node(config, node, state_machine)?;
         kernel.transport = Some(transport);
+        kernel.formation = formation;
         Ok(kernel)
     }
 
@@ -473,6 +486,7 @@ impl Kernel {
             wal: config.map(|config| Wal::new(config.wal)),
             node,
             transport: None,
+            formation: None,
             snapshot_transfers: BTreeMap::new(),
             recovered: None,
             queued: VecDeque::new(),
@@ -537,7 +551,31 @@ impl Kernel {
                 }
             }
         }
+        self.form_cluster(now);
         self.collect(Some(now));
+    }
+
+    /// Runs a round of cluster formation if one is due: dials the peer
+    /// addresses not known yet and, on the leader, takes the next
+    /// membership step.
+    fn form_cluster(&mut self, now: Instant) {
+        let Some(formation) = self.formation.as_mut().filter(|formation| formation.is_due(now)) else {
+            return;
+        };
+        let dials = formation.start_round(now);
+        let change =
+            self.node.as_ref().and_then(Node::status).and_then(|status| formation.next_change(&status));
+        for address in dials {
+            let ticket = self.ticket(Ticket::FormationDial(address));
+            self.transport.as_mut().expect("formation runs with a transport").connect(now, ticket, address);
+        }
+        if let Some((change, node)) = change {
+            let ticket = self.ticket(Ticket::FormationChange);
+            let command = Command::ChangeMembership { change, node };
+            if let (Some(node), Some(wal)) = (&mut self.node, &mut self.wal) {
+                node.execute(now, ticket, command, wal);
+            }
+        }
     }
 
     /// The next output, or `None` when there is nothing more to do until the
@@ -555,7 +593,9 @@ impl Kernel {
         let node = self.node.as_ref().and_then(Node::poll_timeout).map(|at| (at, TimerReason::Replica));
         let transport =
             self.transport.as_ref().and_then(Transport::poll_timeout).map(|at| (at, TimerReason::Transport));
-        [wal, node, transport].into_iter().flatten().min_by_key(|&(at, _)| at)
+        let formation =
+            self.formation.as_ref().and_then(Formation::poll_timeout).map(|at| (at, TimerReason::Formation));
+        [wal, node, transport, formation].into_iter().flatten().min_by_key(|&(at, _)| at)
     }
 
     fn reply(&mut self, id: CommandId, reply: Reply) {
@@ -587,6 +627,11 @@ impl Kernel {
                 | Command::Status
         );
         if node_command {
+            if let (Command::ChangeMembership { change: Membership::Remove, node }, Some(formation)) =
+                (&command, &mut self.formation)
+            {
+                formation.removed(*node);
+            }
             let ticket = self.ticket(Ticket::Command(id));
             match (&mut self.node, &mut self.wal) {
                 (Some(node), Some(wal)) => node.execute(now, ticket, command, wal),
@@ -792,6 +837,11 @@ impl Kernel {
             },
             TransportOutput::Connected { ticket, result } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::Connected(result)),
+                Some(Ticket::FormationDial(address)) => {
+                    if let Some(formation) = &mut self.formation {
+                        formation.dialed(address, result.ok());
+                    }
+                }
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
             },
             TransportOutput::ReadFile { transfer, path, offset, len } => {
@@ -826,6 +876,14 @@ impl Kernel {
             }
             NodeOutput::Reply { ticket, reply } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, reply),
+                Some(Ticket::FormationChange) => {
+                    if let Some(formation) = &mut self.formation {
+                        formation.changed();
+                    }
+                    if let Reply::MembershipChanged(Err(error)) = reply {
+                        self.outputs.push_back(Output::Event(Event::FormationStepFailed(error)));
+                    }
+                }
                 owner => panic!("node answered ticket {ticket} owned by {owner:?}"),
             },
             NodeOutput::Event(event) => self.outputs.push_back(Output::Event(event)),

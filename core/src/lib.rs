@@ -14,6 +14,7 @@
 //! `octopii-sim` (the deterministic simulator).
 
 pub mod disk;
+pub mod formation;
 pub mod kernel;
 pub mod node;
 pub mod raft;

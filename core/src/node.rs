@@ -177,6 +177,11 @@ impl Node {
         }
     }
 
+    /// The replica's view of the cluster, while it runs.
+    pub(crate) fn status(&self) -> Option<NodeStatus> {
+        self.replica.as_ref().filter(|_| self.failed.is_none() && self.ready).map(Replica::status)
+    }
+
     fn running(&mut self) -> Result<&mut Replica, NodeError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());

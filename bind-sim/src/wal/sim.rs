@@ -471,7 +471,11 @@ impl WalSim {
             Event::WalRecoveryFailed(_) => {}
             Event::WalSyncOverdue { .. } => self.summary.syncs_overdue += 1,
             Event::WalRecovered(_) => {}
-            Event::Replica(_) | Event::NodeFailed(_) | Event::CompactionFailed(_) | Event::Transport(_) => {
+            Event::Replica(_)
+            | Event::NodeFailed(_)
+            | Event::CompactionFailed(_)
+            | Event::Transport(_)
+            | Event::FormationStepFailed(_) => {
                 self.violate(format!("a standalone log reported a node event: {event:?}"))
             }
         }

@@ -1,6 +1,7 @@
 //! How a node takes part in consensus: ids, initial voters, timing,
 //! snapshot policy.
 
+use core::net::SocketAddr;
 use std::time::Duration;
 
 /// How a node takes part in consensus. `Default` gives a single node with
@@ -26,6 +27,11 @@ pub struct NodeConfig {
     pub snapshot_lag_threshold: u64,
     /// How long a proposal or read may wait for its answer.
     pub request_timeout: Duration,
+    /// Where the nodes this one forms a cluster with listen, when their ids
+    /// are not configured: they are dialed to learn who they are, and the
+    /// leader brings each into the cluster (a learner, then a voter once
+    /// caught up). Needs a transport.
+    pub peer_addresses: Vec<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -39,6 +45,7 @@ impl Default for NodeConfig {
             heartbeat_ticks: 2,
             snapshot_lag_threshold: 1000,
             request_timeout: Duration::from_secs(10),
+            peer_addresses: Vec::new(),
         }
     }
 }

@@ -361,6 +361,7 @@ impl ClusterSim {
             heartbeat_ticks: self.config.heartbeat_ticks,
             snapshot_lag_threshold: self.config.snapshot_lag_threshold,
             request_timeout: self.config.request_timeout,
+            peer_addresses: Vec::new(),
         }
     }
 
