@@ -1,6 +1,7 @@
 //! The error type of the tokio binding's API.
 
 use octopii_core::KernelConfigError;
+use octopii_core::raft::NodeError;
 use octopii_core::transport::chunk::TransferError;
 use octopii_core::transport::rpc::RpcError;
 use octopii_core::wal::{WalConfigError, WalError};
@@ -23,6 +24,22 @@ pub enum OctopiiError {
     /// settings, or a transport configured for another node.
     #[error("invalid node configuration: {0}")]
     NodeConfig(#[from] KernelConfigError),
+    /// A [`crate::Config`] is refused: a field out of range, a file that
+    /// does not parse, a TLS identity that cannot be read.
+    #[error(transparent)]
+    InvalidConfig(#[from] octopii_mio::ConfigError),
+    /// Raft refused or could not finish the request: not the leader (with
+    /// the leader if known), dropped by a change of leader, timed out,
+    /// storage failed, unknown peer.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The state machine refused the command, with its message.
+    #[error("the state machine refused the command: {0}")]
+    Rejected(String),
+    /// No such member (for example, promoting a node that is not a
+    /// learner).
+    #[error("node {0} is not a member in that role")]
+    NodeNotFound(u64),
     /// A message or request to a peer failed: timed out, connection lost,
     /// peer unreachable or unknown, too large, queue full.
     #[error(transparent)]

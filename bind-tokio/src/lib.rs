@@ -10,7 +10,9 @@
 //! [`rpc::RpcHandler`]).
 
 mod error;
+mod node;
 mod node_loop;
+mod runtime;
 pub mod transport;
 mod wal;
 
@@ -61,6 +63,12 @@ pub mod chunk {
 }
 
 pub use error::{OctopiiError, Result};
+pub use node::{ConfStateCompat, OctopiiNode};
+pub use octopii_core::raft::NodeError;
+pub use octopii_core::raft::state_machine::{KvStateMachine, StateMachine, StateMachineTrait};
+pub use octopii_core::{NodeStatus, PeerProgress};
+pub use octopii_mio::{Config, ConfigError, TlsPaths};
+pub use runtime::OctopiiRuntime;
 pub use node_loop::NodeLoop;
 pub use octopii_core::wal::{RecoveryReport, TornTail, WalConfig, WalEntry, WalError, WalStats};
 pub use octopii_mio::NodeOptions;

@@ -25,6 +25,7 @@ use octopii_mio::driver::{Delivery, Driver, Executor, ReplySink};
 use octopii_mio::node::{feed_received, offload};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -71,6 +72,8 @@ pub struct NodeLoop {
     /// missing backpressure (see the issue notes).
     deliveries: Mutex<mpsc::UnboundedReceiver<Delivery>>,
     task: JoinHandle<()>,
+    /// The runtime the node's task runs on.
+    task_runtime: Handle,
 }
 
 impl NodeLoop {
@@ -88,6 +91,17 @@ impl NodeLoop {
     ///
     /// Outside a tokio runtime.
     pub async fn start(options: NodeOptions) -> Result<Self> {
+        Self::start_on(options, &Handle::current())
+    }
+
+    /// As [`NodeLoop::start`], on the runtime of `runtime` (callable from
+    /// any thread, inside a runtime or not).
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeLoop::start`].
+    pub fn start_on(options: NodeOptions, runtime: &Handle) -> Result<Self> {
+        let _entered = runtime.enter();
         let (socket, udp, transport) = bind(options.bind_addr, options.transport)?;
         let kernel =
             Kernel::new_networked_node(options.kernel, options.node, options.state_machine, transport)?;
@@ -99,6 +113,7 @@ impl NodeLoop {
     /// Binds the socket and spawns a loop running `transport` alone: no
     /// log, no Raft (see [`Kernel::new_transport`]).
     pub(crate) fn start_transport(bind_addr: SocketAddr, transport: TransportConfig) -> Result<Self> {
+        let _entered = Handle::current().enter();
         let (socket, udp, transport) = bind(bind_addr, transport)?;
         let kernel = Kernel::new_transport(transport).map_err(KernelConfigError::from)?;
         Self::spawn(kernel, socket, udp, None)
@@ -132,8 +147,9 @@ impl NodeLoop {
             unsent: VecDeque::new(),
             stopped: Vec::new(),
         };
-        let task = tokio::spawn(state.run());
-        Ok(Self { id, local_addr, requests, deliveries: Mutex::new(deliveries), task })
+        let task_runtime = Handle::current();
+        let task = task_runtime.spawn(state.run());
+        Ok(Self { id, local_addr, requests, deliveries: Mutex::new(deliveries), task, task_runtime })
     }
 
     /// The node's id.
@@ -192,6 +208,21 @@ impl NodeLoop {
         if self.send(Request::Stop(done)).await.is_ok() {
             let _ = stopped.await;
         }
+    }
+
+    /// Asks the node to stop without waiting; the receiver ends once it
+    /// has stopped.
+    pub(crate) fn request_stop(&self) -> oneshot::Receiver<()> {
+        let (done, stopped) = oneshot::channel();
+        if let Err(mpsc::error::TrySendError::Full(request)) = self.requests.try_send(Request::Stop(done)) {
+            // The queue is full: the stop waits its turn on the node's own
+            // runtime.
+            let requests = self.requests.clone();
+            self.task_runtime.spawn(async move {
+                let _ = requests.send(request).await;
+            });
+        }
+        stopped
     }
 
     /// The receiver of deliveries, for a wrapper that routes them itself

@@ -94,6 +94,11 @@ pub(crate) fn failure_reply(command: &Command, error: NodeError) -> Reply {
 
 pub(crate) struct Node {
     config: NodeConfig,
+    /// Membership changes waiting for the one in flight: Raft takes one at
+    /// a time and turns a second into an empty entry.
+    conf_queue: VecDeque<(u64, Membership, u64)>,
+    /// The ticket of the membership change in flight.
+    conf_in_flight: Option<u64>,
     state_machine: StateMachine,
     replica: Option<Replica>,
     /// Whether requests may run (the replica's incarnation is durable).
@@ -110,7 +115,16 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     pub(crate) fn new(config: NodeConfig, state_machine: StateMachine) -> Self {
-        Self { config, state_machine, replica: None, ready: false, failed: None, outputs: VecDeque::new() }
+        Self {
+            config,
+            conf_queue: VecDeque::new(),
+            conf_in_flight: None,
+            state_machine,
+            replica: None,
+            ready: false,
+            failed: None,
+            outputs: VecDeque::new(),
+        }
     }
 
     pub(crate) fn is_ready(&self) -> bool {
@@ -144,6 +158,10 @@ impl Node {
         self.failed = Some(error.clone());
         if let Some(replica) = &mut self.replica {
             replica.abandon(&error);
+        }
+        for (ticket, ..) in std::mem::take(&mut self.conf_queue) {
+            let reply = Reply::MembershipChanged(Err(error.clone()));
+            self.outputs.push_back(NodeOutput::Reply { ticket, reply });
         }
         self.drain();
         self.outputs.push_back(NodeOutput::Event(Event::NodeFailed(error)));
@@ -218,12 +236,7 @@ impl Node {
             }
             Command::TransferLeader(node) => Some(Reply::Done(replica.transfer_leader(now, node, wal))),
             Command::ChangeMembership { change, node } => {
-                let change = match change {
-                    Membership::AddLearner => ConfChangeType::AddLearnerNode,
-                    Membership::AddVoter => ConfChangeType::AddNode,
-                    Membership::Remove => ConfChangeType::RemoveNode,
-                };
-                replica.change_membership(now, ticket, change, node, wal);
+                self.conf_queue.push_back((ticket, change, node));
                 None
             }
             Command::ForceSnapshot(peer) => Some(Reply::Done(replica.force_snapshot(now, peer, wal))),
@@ -233,34 +246,54 @@ impl Node {
         if let Some(reply) = immediate {
             self.outputs.push_back(NodeOutput::Reply { ticket, reply });
         }
+        self.settle(now, wal);
+    }
+
+    /// Hands the replica's outputs on and starts the next membership change
+    /// once none is in flight.
+    fn settle(&mut self, now: Instant, wal: &mut Wal) {
         self.drain();
+        while self.conf_in_flight.is_none() && self.failed.is_none() {
+            let Some(replica) = self.replica.as_mut().filter(|replica| !replica.has_pending_conf()) else {
+                return;
+            };
+            let Some((ticket, change, node)) = self.conf_queue.pop_front() else { return };
+            let change = match change {
+                Membership::AddLearner => ConfChangeType::AddLearnerNode,
+                Membership::AddVoter => ConfChangeType::AddNode,
+                Membership::Remove => ConfChangeType::RemoveNode,
+            };
+            self.conf_in_flight = Some(ticket);
+            replica.change_membership(now, ticket, change, node, wal);
+            self.drain();
+        }
     }
 
     pub(crate) fn handle_message(&mut self, now: Instant, from: u64, message: &[u8], wal: &mut Wal) {
         if let Ok(replica) = self.running() {
             replica.handle_message(now, from, message, wal);
-            self.drain();
+            self.settle(now, wal);
         }
     }
 
     pub(crate) fn snapshot_delivered(&mut self, now: Instant, peer: u64, delivered: bool, wal: &mut Wal) {
         if let Ok(replica) = self.running() {
             replica.snapshot_delivered(now, peer, delivered, wal);
-            self.drain();
+            self.settle(now, wal);
         }
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant, wal: &mut Wal) {
         if let Ok(replica) = self.running() {
             replica.handle_timeout(now, wal);
-            self.drain();
+            self.settle(now, wal);
         }
     }
 
     pub(crate) fn handle_durable(&mut self, now: Instant, wal: &mut Wal) {
         if let Ok(replica) = self.running() {
             replica.handle_durable(now, wal);
-            self.drain();
+            self.settle(now, wal);
             self.announce_ready(wal);
         }
     }
@@ -286,7 +319,12 @@ impl Node {
                     let reply = match answer {
                         Answer::Applied(result) => Reply::Proposed(result),
                         Answer::ReadIndex(result) => Reply::ReadIndex(result),
-                        Answer::ConfChanged(result) => Reply::MembershipChanged(result),
+                        Answer::ConfChanged(result) => {
+                            if self.conf_in_flight == Some(ticket) {
+                                self.conf_in_flight = None;
+                            }
+                            Reply::MembershipChanged(result)
+                        }
                         Answer::Queried(result) => Reply::Queried(result),
                     };
                     NodeOutput::Reply { ticket, reply }

@@ -538,6 +538,12 @@ impl Replica {
         self.submit(now, ticket, false, wal, |raw, context| raw.propose(context, data.to_vec()));
     }
 
+    /// Whether a membership change is proposed and not yet applied (Raft
+    /// takes one at a time).
+    pub fn has_pending_conf(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
     /// Proposes a membership change; answered with [`Answer::ConfChanged`].
     pub fn change_membership(
         &mut self,

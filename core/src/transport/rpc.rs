@@ -158,6 +158,10 @@ pub enum RpcError {
     /// The transport is shutting down.
     #[error("transport is shutting down")]
     ShuttingDown,
+    /// A failure an application describes in words (built with `From`
+    /// from a string, for errors of its own).
+    #[error("{0}")]
+    Other(String),
     /// No node at this address could be reached or proved its identity.
     #[error("cannot connect to {address}: {reason}")]
     Unreachable {
@@ -188,5 +192,17 @@ impl RequestHandler {
 impl fmt::Debug for RequestHandler {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("RequestHandler")
+    }
+}
+
+impl From<&str> for RpcError {
+    fn from(message: &str) -> Self {
+        Self::Other(message.to_owned())
+    }
+}
+
+impl From<String> for RpcError {
+    fn from(message: String) -> Self {
+        Self::Other(message)
     }
 }
