@@ -306,7 +306,8 @@ mod id_keys {
         BTreeMap::<String, SocketAddr>::deserialize(deserializer)?
             .into_iter()
             .map(|(id, address)| {
-                let id = id.parse().map_err(|_| D::Error::custom(format!("node id `{id}` is not a number")))?;
+                let id =
+                    id.parse().map_err(|_| D::Error::custom(format!("node id `{id}` is not a number")))?;
                 Ok((id, address))
             })
             .collect()

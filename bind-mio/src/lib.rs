@@ -8,6 +8,7 @@
 //! executor ([`disk::FileDisk`], [`disk::DiskThread`]) and the loop body
 //! ([`driver::Driver`]); the tokio binding reuses them.
 
+mod blocking;
 pub mod config;
 pub mod disk;
 pub mod driver;
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod node;
 mod wal;
 
+pub use blocking::{BlockingError, BlockingNode};
 pub use config::{Config, ConfigError, TlsPaths};
 pub use node::{LoopError, Node, NodeOptions};
 pub use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError, WalStats};

@@ -37,7 +37,6 @@ pub struct ConfStateCompat {
 #[derive(Debug)]
 pub struct OctopiiNode {
     id: u64,
-    bootstraps: bool,
     node: NodeLoop,
     /// Keeps an owned runtime alive as long as the node.
     _runtime: OctopiiRuntime,
@@ -84,34 +83,30 @@ impl OctopiiNode {
     ) -> Result<Self> {
         let options = config.node_options(state_machine)?;
         let node = NodeLoop::start_on(options, &runtime.handle())?;
-        Ok(Self { id: config.node_id, bootstraps: config.bootstraps(), node, _runtime: runtime })
+        Ok(Self { id: config.node_id, node, _runtime: runtime })
     }
 
-    /// Waits until the node has rebuilt its state from its log. The first
-    /// node of a new cluster also campaigns and waits until it leads, so a
-    /// proposal right after `start` succeeds.
+    /// Waits until the node has rebuilt its state from its log, and, for
+    /// the only voter of its cluster (the first node of a new one), until
+    /// it leads, so a proposal right after `start` succeeds.
     ///
     /// # Errors
     ///
     /// [`OctopiiError::Node`] if the log could not be read back, or a new
     /// cluster's first node did not win its election within 10 s.
     pub async fn start(&self) -> Result<()> {
-        let status = self.status().await?;
-        let alone = status.voters == [self.id];
-        if !(self.bootstraps && alone) || status.is_leader() {
-            return Ok(());
-        }
-        self.campaign().await?;
         let deadline = Instant::now() + START_TIMEOUT;
-        while !self.is_leader().await {
+        loop {
+            let status = self.status().await?;
+            if !status.is_sole_voter() || status.is_leader() {
+                return Ok(());
+            }
             if Instant::now() > deadline {
-                return Err(OctopiiError::Node(NodeError::Refused(format!(
-                    "no leadership within {START_TIMEOUT:?}"
-                ))));
+                let reason = format!("the only voter did not lead within {START_TIMEOUT:?}");
+                return Err(OctopiiError::Node(NodeError::Refused(reason)));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(())
     }
 
     /// Stops the node: pending requests fail, peers are told, and the log
@@ -252,14 +247,10 @@ impl OctopiiNode {
     /// [`OctopiiError::Node`] with `NotLeader` on another node;
     /// [`OctopiiError::NodeNotFound`] if it is not a learner.
     pub async fn is_learner_caught_up(&self, peer_id: u64) -> Result<bool> {
-        let status = self.status().await?;
-        if !status.is_leader() {
-            return Err(OctopiiError::Node(NodeError::NotLeader { leader: status.leader }));
+        match self.status().await?.learner_caught_up(peer_id) {
+            Err(NodeError::UnknownPeer(peer)) => Err(OctopiiError::NodeNotFound(peer)),
+            result => Ok(result?),
         }
-        if !status.learners.contains(&peer_id) {
-            return Err(OctopiiError::NodeNotFound(peer_id));
-        }
-        Ok(status.progress.get(&peer_id).is_some_and(|progress| progress.matched >= status.commit))
     }
 
     /// Takes a snapshot now and sends it to `peer_id` (leader only).

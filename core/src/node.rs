@@ -60,6 +60,28 @@ impl NodeStatus {
     pub fn is_leader(&self) -> bool {
         self.leader == Some(self.id)
     }
+
+    /// Whether this node is the only voter (a cluster of one).
+    pub fn is_sole_voter(&self) -> bool {
+        self.voters == [self.id]
+    }
+
+    /// Whether learner `peer` holds every entry committed so far; only the
+    /// leader knows.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::NotLeader`] on another node, [`NodeError::UnknownPeer`]
+    /// if `peer` is not a learner.
+    pub fn learner_caught_up(&self, peer: u64) -> Result<bool, NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader { leader: self.leader });
+        }
+        if !self.learners.contains(&peer) {
+            return Err(NodeError::UnknownPeer(peer));
+        }
+        Ok(self.progress.get(&peer).is_some_and(|progress| progress.matched >= self.commit))
+    }
 }
 
 /// What the node hands back to the kernel.

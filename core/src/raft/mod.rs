@@ -373,6 +373,11 @@ impl Replica {
             outputs: VecDeque::new(),
         };
         replica.pin_election_timeout();
+        // The only voter needs no one's vote: it leads at once instead of
+        // after an election timeout.
+        if replica.raw.raft.prs().conf().to_conf_state().voters == [replica.config.id] {
+            let _ = replica.raw.campaign();
+        }
         replica.process(now, wal);
         Ok(replica)
     }
