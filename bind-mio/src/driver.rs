@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use octopii_core::disk::DiskCompletion;
+use octopii_core::raft::NodeError;
 use octopii_core::transport::{Transmit, TransportEvent};
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
 
@@ -202,6 +203,7 @@ fn report(event: &Event) {
         Event::WalFailed(error) => tracing::error!(%error, "wal failed; reopen to recover"),
         Event::WalSyncOverdue { elapsed } => tracing::warn!(?elapsed, "wal sync is slow"),
         Event::Replica(event) => tracing::debug!(?event, "raft"),
+        Event::NodeFailed(NodeError::ShuttingDown) => tracing::debug!("node stopped"),
         Event::NodeFailed(error) => tracing::error!(%error, "node stopped"),
         Event::CompactionFailed(error) => tracing::warn!(%error, "log compaction failed"),
         Event::Transport(TransportEvent::Connected { peer, address, inbound }) => {

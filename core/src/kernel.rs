@@ -22,13 +22,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::client::{ClientOperation, ClientReply};
 use crate::disk::{DiskCompletion, DiskOp, IoError};
 use crate::formation::Formation;
 use crate::node::{Membership, Node, NodeStatus};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeConfig, NodeConfigError, NodeError, ReplicaEvent};
 use crate::transport::chunk::{ChunkSource, FileRead, TransferError, TransferId, TransferReport};
-use crate::transport::rpc::{OneWayMessage, RequestHandler, RequestPayload, RpcError, RpcResponse};
+use crate::transport::rpc::{
+    MessageId, OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError, RpcResponse,
+};
 use crate::transport::{
     Delivery, PeerStatus, Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent,
     TransportOutput,
@@ -344,6 +347,13 @@ pub(crate) enum Ticket {
     FormationDial(SocketAddr),
     /// Cluster formation changing the membership.
     FormationChange,
+    /// A client operation of peer `peer`, request `id`.
+    Client {
+        /// The peer asking.
+        peer: u64,
+        /// Its request.
+        id: MessageId,
+    },
 }
 
 /// Why a kernel could not be built.
@@ -835,6 +845,23 @@ impl Kernel {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::ChunkSent(result)),
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
             },
+            TransportOutput::ClientRequest { from, id, operation, data } => {
+                let now = now.expect("requests arrive on an input");
+                let command = match operation {
+                    ClientOperation::Propose => Command::Propose(data),
+                    ClientOperation::Query => Command::Query(data),
+                    ClientOperation::Read => Command::LinearizableQuery(data),
+                    ClientOperation::Status => Command::Status,
+                };
+                let ticket = self.ticket(Ticket::Client { peer: from, id });
+                match (&mut self.node, &mut self.wal) {
+                    (Some(node), Some(wal)) => node.execute(now, ticket, command, wal),
+                    _ => {
+                        self.tickets.remove(&ticket);
+                        self.answer_client(now, from, id, ClientReply::Failed("no replicated node".into()));
+                    }
+                }
+            }
             TransportOutput::Connected { ticket, result } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::Connected(result)),
                 Some(Ticket::FormationDial(address)) => {
@@ -847,6 +874,14 @@ impl Kernel {
             TransportOutput::ReadFile { transfer, path, offset, len } => {
                 self.outputs.push_back(Output::ReadFile { transfer, path, offset, len })
             }
+        }
+    }
+
+    fn answer_client(&mut self, now: Instant, peer: u64, id: MessageId, answer: ClientReply) {
+        let success = matches!(answer, ClientReply::Applied(_) | ClientReply::Status(_));
+        let payload = ResponsePayload::CustomResponse { success, data: answer.encode() };
+        if let Some(transport) = &mut self.transport {
+            transport.respond(now, peer, id, payload);
         }
     }
 
@@ -876,6 +911,20 @@ impl Kernel {
             }
             NodeOutput::Reply { ticket, reply } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, reply),
+                Some(Ticket::Client { peer, id }) => {
+                    let now = now.expect("nodes answer on an input");
+                    let transport = self.transport.as_ref();
+                    let leader_address = |leader| transport.and_then(|transport| transport.peer_addr(leader));
+                    let answer = match reply {
+                        Reply::Proposed(result) | Reply::Queried(result) => {
+                            ClientReply::from_result(result, leader_address)
+                        }
+                        Reply::Status(Ok(status)) => ClientReply::Status(status.into()),
+                        Reply::Status(Err(error)) => ClientReply::Failed(error.to_string()),
+                        other => unreachable!("a client operation answered with {other:?}"),
+                    };
+                    self.answer_client(now, peer, id, answer);
+                }
                 Some(Ticket::FormationChange) => {
                     if let Some(formation) = &mut self.formation {
                         formation.changed();

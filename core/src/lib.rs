@@ -13,6 +13,7 @@
 //! The bindings are `octopii` (tokio), `octopii-mio` (a blocking loop) and
 //! `octopii-sim` (the deterministic simulator).
 
+pub mod client;
 pub mod disk;
 pub mod formation;
 pub mod kernel;

@@ -61,6 +61,9 @@ pub const RAFT_INLINE_BYTES_MAX: usize = 1024 * 1024;
 pub const CONCURRENT_TRANSFERS_MAX: u32 = 64;
 /// Largest piece read from a stream at once.
 const READ_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// Transmits from this size up are handed on in quinn's buffer rather than
+/// copied: copying them costs more than allocating the next buffer.
+const TRANSMIT_MOVE_BYTES_MIN: usize = 4096;
 
 /// Application close codes.
 const CLOSE_SHUTDOWN: u32 = 0;
@@ -246,6 +249,18 @@ pub enum TransportOutput {
         transfer: TransferId,
         /// Whether the receiver verified it.
         delivered: bool,
+    },
+    /// A client operation from an authenticated peer, for the node to run
+    /// and answer with [`Transport::respond`].
+    ClientRequest {
+        /// The peer.
+        from: u64,
+        /// The request's id.
+        id: MessageId,
+        /// What it asks.
+        operation: crate::client::ClientOperation,
+        /// The command or query.
+        data: Bytes,
     },
     /// The outcome of [`Transport::connect`].
     Connected {
@@ -643,6 +658,20 @@ impl Transport {
                 self.outputs.push_back(answer(Err(RpcError::Unreachable { address, reason })));
             }
         }
+    }
+
+    /// Answers request `id` of `to` (a [`TransportOutput::ClientRequest`]).
+    /// Best effort: a response that does not fit a frame becomes an error
+    /// payload; one for a peer no longer connected is dropped, and the
+    /// caller's deadline answers it.
+    pub fn respond(&mut self, now: Instant, to: u64, id: MessageId, payload: ResponsePayload) {
+        let mut response = Frame::Response { id, payload }.encode();
+        if response.len() - frame::FRAME_HEADER_BYTES > FRAME_BYTES_MAX {
+            let payload = ResponsePayload::Error { message: "response exceeds the frame limit".into() };
+            response = Frame::Response { id, payload }.encode();
+        }
+        let _ = self.send_frame(now, to, response);
+        self.drive_dirty(now);
     }
 
     /// Installs the handler for incoming requests, replacing any earlier one.
@@ -1131,9 +1160,18 @@ impl Transport {
 
     fn push_transmit(&mut self, transmit: &quinn_proto::Transmit) {
         self.stats.transmits_sent += 1;
+        // A full batch leaves in the buffer quinn wrote it to, without a
+        // copy (quinn reserves a fresh one for the next); a small one (an
+        // acknowledgement, say) is copied, and the buffer is used again.
+        let contents = if transmit.size >= TRANSMIT_MOVE_BYTES_MIN {
+            self.buffer.truncate(transmit.size);
+            Bytes::from(std::mem::take(&mut self.buffer))
+        } else {
+            Bytes::copy_from_slice(&self.buffer[..transmit.size])
+        };
         self.outputs.push_back(TransportOutput::Transmit(Transmit {
             destination: transmit.destination,
-            contents: Bytes::copy_from_slice(&self.buffer[..transmit.size]),
+            contents,
             segment_size: transmit.segment_size,
         }));
     }
@@ -1413,6 +1451,21 @@ impl Transport {
         };
         match frame {
             Frame::Raft(message) => self.outputs.push_back(TransportOutput::Raft { from, message }),
+            Frame::Request { id, payload: RequestPayload::Custom { operation, data } }
+                if operation.starts_with(crate::client::OPERATION_PREFIX) =>
+            {
+                // The node answers these itself (see `crate::client`).
+                match crate::client::ClientOperation::from_name(&operation) {
+                    Some(operation) => {
+                        self.outputs.push_back(TransportOutput::ClientRequest { from, id, operation, data })
+                    }
+                    None => {
+                        let data = crate::client::ClientReply::Unknown(operation).encode();
+                        let payload = ResponsePayload::CustomResponse { success: false, data };
+                        self.respond(now, from, id, payload);
+                    }
+                }
+            }
             Frame::Request { id, payload } => {
                 let request = RpcRequest { message_id: id, from, payload };
                 let payload = match &self.handler {

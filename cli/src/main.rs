@@ -1,0 +1,163 @@
+//! `octopii`: run a node from a TOML file, read and write keys of a running
+//! cluster, show its status, or watch a three-node demo in one process.
+//!
+//! ```text
+//! octopii node --config node.toml [--metrics-addr 127.0.0.1:9100]
+//! octopii kv --peers 127.0.0.1:5001,127.0.0.1:5002 put KEY VALUE | get KEY | delete KEY
+//! octopii cluster --peers 127.0.0.1:5001,127.0.0.1:5002 status
+//! octopii demo
+//! ```
+//!
+//! Clients are nodes of the cluster's TLS world too: with `--cluster-dir`
+//! (the directory holding the nodes' data directories, where their
+//! development CA lives) the command makes itself a certificate from that
+//! CA; with `--tls-ca/--tls-cert/--tls-key` it uses the given files, whose
+//! certificate names `node-<client-id>.octopii`.
+
+mod client;
+mod demo;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use octopii::{Config, OctopiiNode, OctopiiRuntime};
+
+use crate::client::{Client, ClusterArgs};
+
+/// Octopii: replicated, crash-safe services on Raft and QUIC.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run a node until interrupted (Ctrl-C or SIGTERM).
+    Node {
+        /// The node's TOML configuration (fields of `octopii::Config`;
+        /// `OCTOPII_<FIELD>` variables override it).
+        #[arg(long)]
+        config: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Write and read keys of a cluster running the key-value state machine.
+    Kv {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(subcommand)]
+        operation: KvOperation,
+    },
+    /// Look at a cluster.
+    Cluster {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(subcommand)]
+        operation: ClusterOperation,
+    },
+    /// Start three nodes on loopback in this process, run a workload, stop
+    /// and restart the leader, and print what happened.
+    Demo {
+        /// Writes in the workload.
+        #[arg(long, default_value_t = 5000)]
+        writes: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KvOperation {
+    /// Set KEY to VALUE; returns once a majority holds it durably.
+    Put {
+        /// The key (no spaces).
+        key: String,
+        /// The value (no spaces).
+        value: String,
+    },
+    /// Read KEY linearizably from the leader.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Remove KEY.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterOperation {
+    /// Each node's view: term, leader, members, commit and applied index,
+    /// and the leader's view of each member's progress.
+    Status,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Commands::Node { config, metrics_addr } => run_node(config, metrics_addr).await,
+        Commands::Kv { cluster, operation } => {
+            let client = Client::connect(&cluster).await?;
+            let result = match operation {
+                KvOperation::Put { key, value } => client.propose(format!("SET {key} {value}")).await,
+                KvOperation::Get { key } => client.read(format!("GET {key}")).await,
+                KvOperation::Delete { key } => client.propose(format!("DELETE {key}")).await,
+            };
+            client.close().await;
+            println!("{}", String::from_utf8_lossy(&result?));
+            Ok(())
+        }
+        Commands::Cluster { cluster, operation: ClusterOperation::Status } => {
+            let client = Client::connect(&cluster).await?;
+            let result = client.print_status().await;
+            client.close().await;
+            result
+        }
+        Commands::Demo { writes, clients } => demo::run(writes, clients).await,
+    }
+}
+
+async fn run_node(path: PathBuf, metrics_addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let runtime = OctopiiRuntime::from_handle(tokio::runtime::Handle::current());
+    let node = Arc::new(OctopiiNode::new(config.clone(), runtime).await?);
+    node.start().await?;
+    println!("node {} listening on {} (log in {})", node.id(), node.local_addr(), config.wal_dir.display());
+    if let Some(address) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("metrics address {address}"))?;
+        println!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(metrics::serve(listener, node.clone()));
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    println!("node {} stopping", node.id());
+    node.shutdown();
+    Ok(())
+}
