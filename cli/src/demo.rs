@@ -1,5 +1,6 @@
 //! Three nodes on loopback in this process: a workload, the leader stopped
-//! and restarted, every write checked.
+//! and restarted, every write checked. Keys are 8 bytes: a prefix and the
+//! write's number.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -25,7 +26,7 @@ pub async fn run(writes: usize, clients: usize) -> anyhow::Result<()> {
     println!("node {leader} leads");
 
     let started = Instant::now();
-    let mut latencies = workload(&nodes, writes, clients.max(1), "a").await?;
+    let mut latencies = workload(&nodes, writes, clients.max(1), "a", "v").await?;
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
@@ -41,21 +42,21 @@ pub async fn run(writes: usize, clients: usize) -> anyhow::Result<()> {
     println!("stopped the leader, node {leader}");
     let successor = wait_for_leader(&nodes).await?;
     println!("node {successor} leads now");
-    workload(&nodes, 100, 4, "b").await?;
+    workload(&nodes, 100, 4, "b", "v").await?;
     println!("100 more writes with node {leader} down");
 
     nodes[index] = Some(Arc::new(open(&configs[index]).await?));
     println!("restarted node {leader} on its log");
     let restarted = nodes[index].clone().expect("just opened");
     let deadline = Instant::now() + WAIT;
-    while restarted.query(b"GET b-99").await? != "v" {
+    while restarted.query(b"GET b0000099").await? != "v" {
         if Instant::now() > deadline {
             bail!("node {leader} did not catch up within {WAIT:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for node in nodes.iter().flatten() {
-        for key in [format!("GET a-{}", writes - 1), "GET b-0".to_owned()] {
+        for key in [format!("GET a{:0>7}", writes - 1), "GET b0000000".to_owned()] {
             let value = node.query(key.as_bytes()).await?;
             if value != "v" {
                 bail!("node {} answers {key} with {value:?}", node.id());
@@ -70,7 +71,7 @@ pub async fn run(writes: usize, clients: usize) -> anyhow::Result<()> {
 }
 
 /// Configurations of a three-voter cluster on free loopback ports.
-fn configs(root: &Path) -> anyhow::Result<Vec<Config>> {
+pub fn configs(root: &Path) -> anyhow::Result<Vec<Config>> {
     let addresses: Vec<SocketAddr> = NODES
         .iter()
         .map(|_| UdpSocket::bind("127.0.0.1:0").and_then(|socket| socket.local_addr()))
@@ -93,7 +94,7 @@ fn configs(root: &Path) -> anyhow::Result<Vec<Config>> {
         .collect())
 }
 
-async fn open(config: &Config) -> anyhow::Result<OctopiiNode> {
+pub async fn open(config: &Config) -> anyhow::Result<OctopiiNode> {
     let runtime = OctopiiRuntime::from_handle(tokio::runtime::Handle::current());
     let node = OctopiiNode::new(config.clone(), runtime)
         .await
@@ -102,7 +103,7 @@ async fn open(config: &Config) -> anyhow::Result<OctopiiNode> {
     Ok(node)
 }
 
-async fn wait_for_leader(nodes: &[Option<Arc<OctopiiNode>>]) -> anyhow::Result<u64> {
+pub async fn wait_for_leader(nodes: &[Option<Arc<OctopiiNode>>]) -> anyhow::Result<u64> {
     let deadline = Instant::now() + WAIT;
     loop {
         for node in nodes.iter().flatten() {
@@ -117,23 +118,25 @@ async fn wait_for_leader(nodes: &[Option<Arc<OctopiiNode>>]) -> anyhow::Result<u
     }
 }
 
-/// Writes `<prefix>-<n>` = `v` for n below `writes`, from `clients`
+/// Writes `<prefix>-<n>` = `value` for n below `writes`, from `clients`
 /// tasks, each write to the leader (retried on another after a change of
 /// leader); the latency of each.
-async fn workload(
+pub async fn workload(
     nodes: &[Option<Arc<OctopiiNode>>],
     writes: usize,
     clients: usize,
     prefix: &str,
+    value: &str,
 ) -> anyhow::Result<Vec<Duration>> {
     let running: Vec<Arc<OctopiiNode>> = nodes.iter().flatten().cloned().collect();
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
-        let (running, prefix) = (running.clone(), prefix.to_owned());
+        let (running, prefix, value) = (running.clone(), prefix.to_owned(), value.to_owned());
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             for index in (client..writes).step_by(clients) {
-                let command = format!("SET {prefix}-{index} v").into_bytes();
+                let command =
+                    format!("SET {prefix}{index:0>width$} {value}", width = 8 - prefix.len()).into_bytes();
                 let started = Instant::now();
                 write(&running, command).await?;
                 latencies.push(started.elapsed());

@@ -6,6 +6,7 @@
 //! octopii kv --peers 127.0.0.1:5001,127.0.0.1:5002 put KEY VALUE | get KEY | delete KEY
 //! octopii cluster --peers 127.0.0.1:5001,127.0.0.1:5002 status
 //! octopii demo
+//! octopii bench
 //! ```
 //!
 //! Clients are nodes of the cluster's TLS world too: with `--cluster-dir`
@@ -14,6 +15,7 @@
 //! CA; with `--tls-ca/--tls-cert/--tls-key` it uses the given files, whose
 //! certificate names `node-<client-id>.octopii`.
 
+mod bench;
 mod client;
 mod demo;
 mod metrics;
@@ -61,6 +63,15 @@ enum Commands {
         cluster: ClusterArgs,
         #[command(subcommand)]
         operation: ClusterOperation,
+    },
+    /// The cluster benchmark: three nodes over QUIC with fsync on, durable
+    /// writes (8-byte keys, 256-byte values) from 1, 64 and 256 clients,
+    /// next to raw fdatasync and loopback round trip; idle node memory.
+    /// Run it in a release build.
+    Bench {
+        /// Multiplies the writes per level (1.0: 3k, 60k, 120k).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
     },
     /// Start three nodes on loopback in this process, run a workload, stop
     /// and restart the leader, and print what happened.
@@ -136,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
         Commands::Demo { writes, clients } => demo::run(writes, clients).await,
+        Commands::Bench { scale } => bench::run(scale).await,
     }
 }
 
