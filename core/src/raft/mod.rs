@@ -350,7 +350,9 @@ impl Replica {
             ..raft::Config::default()
         };
         raft_config.validate().map_err(|error| NodeError::Refused(error.to_string()))?;
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        // raft-rs logs through slog; its records go on as `tracing` events
+        // of the application's subscriber (none: nothing is formatted).
+        let logger = slog::Logger::root(tracing_slog::TracingSlogDrain, slog::o!("node" => config.id));
         let raw = RawNode::new(&raft_config, store, &logger)
             .map_err(|error| NodeError::Refused(error.to_string()))?;
         let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
