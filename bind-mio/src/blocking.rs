@@ -119,7 +119,9 @@ impl BlockingNode {
         result?.map_err(BlockingError::Rejected)
     }
 
-    /// A read that sees every write acknowledged before it (leader only).
+    /// A read that sees every write acknowledged before it: the leader
+    /// confirms its commit index, and this node (leader or follower)
+    /// answers once it has applied that far.
     ///
     /// # Errors
     ///

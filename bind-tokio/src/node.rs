@@ -162,8 +162,9 @@ impl OctopiiNode {
     }
 
     /// Runs a read-only `command` that sees every write acknowledged before
-    /// it: the leader confirms it still leads, then answers once it has
-    /// applied that far (leader only).
+    /// it: the leader confirms it still leads and names its commit index,
+    /// and this node (leader or follower) answers once it has applied that
+    /// far.
     ///
     /// # Errors
     ///
