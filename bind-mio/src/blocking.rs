@@ -33,6 +33,19 @@ pub enum BlockingError {
     /// The state machine refused the command, with its message.
     #[error("the state machine refused the command: {0}")]
     Rejected(String),
+    /// No such member in that role (promoting a node that is not a
+    /// learner, asking whether a non-learner caught up).
+    #[error("node {0} is not a member in that role")]
+    NodeNotFound(u64),
+}
+
+/// The cluster's members.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfStateCompat {
+    /// Voting members.
+    pub voters: Vec<u64>,
+    /// Members that receive the log but do not vote.
+    pub learners: Vec<u64>,
 }
 
 /// A replicated node whose methods block the calling thread until
@@ -175,10 +188,10 @@ impl BlockingNode {
     ///
     /// # Errors
     ///
-    /// [`BlockingError::Node`] with `UnknownPeer` if it is not a learner.
+    /// [`BlockingError::NodeNotFound`] if it is not a learner.
     pub fn promote_learner(&self, peer_id: u64) -> Result<(), BlockingError> {
         if !self.status()?.learners.contains(&peer_id) {
-            return Err(NodeError::UnknownPeer(peer_id).into());
+            return Err(BlockingError::NodeNotFound(peer_id));
         }
         self.change(Membership::AddVoter, peer_id)
     }
@@ -196,9 +209,20 @@ impl BlockingNode {
     ///
     /// # Errors
     ///
-    /// [`BlockingError::Node`]: not the leader, not a learner.
+    /// [`BlockingError::Node`] with `NotLeader` on another node;
+    /// [`BlockingError::NodeNotFound`] if it is not a learner.
     pub fn is_learner_caught_up(&self, peer_id: u64) -> Result<bool, BlockingError> {
-        Ok(self.status()?.learner_caught_up(peer_id)?)
+        match self.status()?.learner_caught_up(peer_id) {
+            Err(NodeError::UnknownPeer(peer)) => Err(BlockingError::NodeNotFound(peer)),
+            result => Ok(result?),
+        }
+    }
+
+    /// The voters and learners this node knows of (empty if stopped).
+    pub fn conf_state(&self) -> ConfStateCompat {
+        self.status()
+            .map(|status| ConfStateCompat { voters: status.voters, learners: status.learners })
+            .unwrap_or_default()
     }
 
     /// Takes a snapshot and sends it to `peer_id` (leader only).

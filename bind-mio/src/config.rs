@@ -14,7 +14,7 @@ use std::time::Duration;
 use octopii_core::KernelConfig;
 use octopii_core::raft::NodeConfig;
 use octopii_core::raft::state_machine::StateMachine;
-use octopii_core::wal::WalConfig;
+use octopii_core::wal::{WalConfig, WalConfigError};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -128,13 +128,13 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TOML text (or an override) does not parse or names an unknown
-    /// field.
+    /// The TOML text (or an override) does not parse, names an unknown
+    /// field or holds a value of the wrong type.
     #[error("config {origin}: {reason}")]
     Parse {
         /// The file or variable.
         origin: String,
-        /// The parser's message, with the line.
+        /// The parser's message (with the line for a syntax error).
         reason: String,
     },
     /// The TLS identity could not be read or made.
@@ -172,11 +172,13 @@ impl Config {
         if self.worker_threads == 0 {
             return invalid("worker_threads", "must be at least 1".into());
         }
-        if self.wal_batch_size == 0 {
-            return invalid("wal_batch_size", "must be at least 1".into());
-        }
-        if self.wal_flush_interval_ms == 0 {
-            return invalid("wal_flush_interval_ms", "must be at least 1".into());
+        let wal = self.wal_config();
+        if let Err(error) = wal.validate() {
+            let field = match error {
+                WalConfigError::BatchRecords(_) => "wal_batch_size",
+                _ => "wal_flush_interval_ms",
+            };
+            return invalid(field, error.to_string());
         }
         if self.snapshot_lag_threshold == 0 {
             return invalid("snapshot_lag_threshold", "must be at least 1".into());
@@ -231,6 +233,14 @@ impl Config {
         Self::from_toml(&text, &path.display().to_string(), std::env::vars())
     }
 
+    fn wal_config(&self) -> WalConfig {
+        WalConfig {
+            batch_records_max: self.wal_batch_size,
+            flush_interval: Duration::from_millis(self.wal_flush_interval_ms),
+            ..WalConfig::default()
+        }
+    }
+
     /// Whether a node with an empty log starts a new cluster (rather than
     /// waiting to be added to one).
     pub fn bootstraps(&self) -> bool {
@@ -269,11 +279,7 @@ impl Config {
             peer_addresses: self.peers.clone(),
             ..NodeConfig::default()
         };
-        let wal = WalConfig {
-            batch_records_max: self.wal_batch_size,
-            flush_interval: Duration::from_millis(self.wal_flush_interval_ms),
-            ..WalConfig::default()
-        };
+        let wal = self.wal_config();
         Ok(NodeOptions {
             data_dir: self.wal_dir.clone(),
             bind_addr: self.bind_addr,
@@ -344,6 +350,8 @@ mod tests {
 
         let unknown = Config::from_toml("node_idd = 2", "node.toml", []).unwrap_err().to_string();
         assert!(unknown.contains("node.toml") && unknown.contains("node_idd"), "{unknown}");
+        let huge = Config::from_toml("wal_batch_size = 1000000", "node.toml", []).unwrap_err();
+        assert!(matches!(huge, ConfigError::Invalid { field: "wal_batch_size", .. }), "{huge}");
         let zero = Config::from_toml("node_id = 0", "node.toml", []).unwrap_err().to_string();
         assert!(zero.contains("node_id"), "{zero}");
         let own = Config::from_toml(

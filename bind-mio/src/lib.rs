@@ -16,7 +16,7 @@ pub mod identity;
 pub mod node;
 mod wal;
 
-pub use blocking::{BlockingError, BlockingNode};
+pub use blocking::{BlockingError, BlockingNode, ConfStateCompat};
 pub use config::{Config, ConfigError, TlsPaths};
 pub use node::{LoopError, Node, NodeOptions};
 pub use octopii_core::wal::{RecoveryReport, WalConfig, WalEntry, WalError, WalStats};

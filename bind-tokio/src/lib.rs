@@ -63,7 +63,7 @@ pub mod chunk {
 }
 
 pub use error::{OctopiiError, Result};
-pub use node::{ConfStateCompat, OctopiiNode};
+pub use node::OctopiiNode;
 pub use node_loop::NodeLoop;
 pub use octopii_core::raft::NodeError;
 pub use octopii_core::raft::state_machine::{KvStateMachine, StateMachine, StateMachineTrait};
@@ -71,6 +71,6 @@ pub use octopii_core::wal::{RecoveryReport, TornTail, WalConfig, WalEntry, WalEr
 pub use octopii_core::{NodeStatus, PeerProgress};
 pub use octopii_mio::NodeOptions;
 pub use octopii_mio::driver::Delivery;
-pub use octopii_mio::{Config, ConfigError, TlsPaths};
+pub use octopii_mio::{ConfStateCompat, Config, ConfigError, TlsPaths};
 pub use runtime::OctopiiRuntime;
 pub use wal::WriteAheadLog;

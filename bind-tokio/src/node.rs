@@ -9,7 +9,7 @@ use bytes::Bytes;
 use octopii_core::raft::NodeError;
 use octopii_core::raft::state_machine::{KvStateMachine, StateMachine};
 use octopii_core::{Command, Membership, NodeStatus, Reply};
-use octopii_mio::Config;
+use octopii_mio::{ConfStateCompat, Config};
 use tokio::runtime::RuntimeFlavor;
 
 use crate::error::{OctopiiError, Result};
@@ -22,15 +22,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`OctopiiNode::shutdown`] waits for the node to release its
 /// port and files.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The cluster's members.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConfStateCompat {
-    /// Voting members.
-    pub voters: Vec<u64>,
-    /// Members that receive the log but do not vote.
-    pub learners: Vec<u64>,
-}
 
 /// A replicated node. Every method may be called from any task; share it
 /// with an `Arc`.

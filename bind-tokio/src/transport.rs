@@ -5,7 +5,10 @@
 //! A [`QuicTransport`] is a node loop running the core's transport without
 //! a log or Raft. Peers are still authenticated nodes of the cluster: a
 //! [`PeerConnection`] stands for the node whose certificate and hello
-//! agree, whatever address it was reached at, and survives reconnects.
+//! agree, whatever address it was reached at. The side that dialed dials
+//! again after a lost connection; the side that accepted knows no address
+//! for the peer, so its sends fail with `UnknownPeer` until the peer
+//! reconnects.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

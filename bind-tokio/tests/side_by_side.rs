@@ -200,10 +200,10 @@ fn scenario<N: ScriptNode>(base: u16) -> (BTreeMap<u64, BTreeMap<String, String>
     nodes[&id].add_learner(4, address(base, 4)).unwrap();
     wait_for("node 4 caught up", || nodes[&leader(&nodes)].caught_up(4));
     nodes[&leader(&nodes)].promote(4).unwrap();
-    let id = leader(&nodes);
-    let removed = if id == 3 { 2 } else { 3 };
-    nodes[&id].remove(removed).unwrap();
-    nodes.remove(&removed).unwrap().stop();
+    // Node 3 leaves, whether it leads or not (a leader removing itself
+    // steps down once the change applies).
+    nodes[&leader(&nodes)].remove(3).unwrap();
+    nodes.remove(&3).unwrap().stop();
     write(&nodes, "SET after removal");
 
     let keys: Vec<String> = (0..30).map(|index| format!("k{index}")).chain(["after".to_owned()]).collect();
@@ -213,7 +213,9 @@ fn scenario<N: ScriptNode>(base: u16) -> (BTreeMap<u64, BTreeMap<String, String>
     }
     let mut views = BTreeMap::new();
     for (&id, node) in &nodes {
-        wait_for("the last write everywhere", || node.read("after").as_deref() == Some("removal"));
+        wait_for(&format!("the last write on node {id}, voters {:?}", node.voters()), || {
+            node.read("after").as_deref() == Some("removal")
+        });
         let view = keys.iter().map(|key| (key.clone(), node.read(key).unwrap())).collect();
         views.insert(id, view);
     }

@@ -94,7 +94,8 @@ enum KvOperation {
         /// The value (no spaces).
         value: String,
     },
-    /// Read KEY linearizably from the leader.
+    /// Read KEY linearizably (any member answers once it has applied what
+    /// the leader had committed).
     Get {
         /// The key.
         key: String,

@@ -22,9 +22,11 @@ pub const OPERATION_PREFIX: &str = "octopii/";
 pub enum ClientOperation {
     /// Replicate the data as a command (leader only).
     Propose,
-    /// Run the data as a read against the local state machine.
+    /// Run the data as a read against the local state machine (its
+    /// `query`, which may be stale on a follower).
     Query,
-    /// Run the data as a linearizable read (leader only).
+    /// Run the data as a linearizable read (on any member: a follower
+    /// asks the leader for the read index).
     Read,
     /// The node's view of the cluster.
     Status,

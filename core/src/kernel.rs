@@ -581,9 +581,10 @@ impl Kernel {
         }
         if let Some((change, node)) = change {
             let ticket = self.ticket(Ticket::FormationChange);
+            let addresses = self.transport.as_ref().map(Transport::known_addresses).unwrap_or_default();
             let command = Command::ChangeMembership { change, node };
             if let (Some(node), Some(wal)) = (&mut self.node, &mut self.wal) {
-                node.execute(now, ticket, command, wal);
+                node.execute(now, ticket, command, addresses, wal);
             }
         }
     }
@@ -644,7 +645,13 @@ impl Kernel {
             }
             let ticket = self.ticket(Ticket::Command(id));
             match (&mut self.node, &mut self.wal) {
-                (Some(node), Some(wal)) => node.execute(now, ticket, command, wal),
+                (Some(node), Some(wal)) => {
+                    let addresses = match (&command, &self.transport) {
+                        (Command::ChangeMembership { .. }, Some(transport)) => transport.known_addresses(),
+                        _ => Vec::new(),
+                    };
+                    node.execute(now, ticket, command, addresses, wal)
+                }
                 _ => {
                     self.tickets.remove(&ticket);
                     self.reply(id, crate::node::failure_reply(&command, NodeError::NotConfigured));
@@ -855,7 +862,7 @@ impl Kernel {
                 };
                 let ticket = self.ticket(Ticket::Client { peer: from, id });
                 match (&mut self.node, &mut self.wal) {
-                    (Some(node), Some(wal)) => node.execute(now, ticket, command, wal),
+                    (Some(node), Some(wal)) => node.execute(now, ticket, command, Vec::new(), wal),
                     _ => {
                         self.tickets.remove(&ticket);
                         self.answer_client(now, from, id, ClientReply::Failed("no replicated node".into()));
@@ -936,6 +943,13 @@ impl Kernel {
                 owner => panic!("node answered ticket {ticket} owned by {owner:?}"),
             },
             NodeOutput::Event(event) => self.outputs.push_back(Output::Event(event)),
+            NodeOutput::PeerAddresses(addresses) => {
+                if let (Some(transport), Some(now)) = (&mut self.transport, now) {
+                    for (peer, address) in addresses {
+                        transport.learn_peer_addr(now, peer, address);
+                    }
+                }
+            }
             NodeOutput::RemoveWalBefore(seq) => {
                 let ticket = self.ticket(Ticket::Compaction);
                 if self.wal.as_mut().expect(ONLY_NODES).remove_before(ticket, seq).is_err() {

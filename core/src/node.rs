@@ -98,6 +98,8 @@ pub(crate) enum NodeOutput {
     },
     Event(Event),
     RemoveWalBefore(u64),
+    /// Where members listen (see `ReplicaOutput::PeerAddresses`).
+    PeerAddresses(Vec<(u64, core::net::SocketAddr)>),
     /// The node has rebuilt its state (or failed to): queued commands may run.
     Ready,
 }
@@ -118,7 +120,7 @@ pub(crate) struct Node {
     config: NodeConfig,
     /// Membership changes waiting for the one in flight: Raft takes one at
     /// a time and turns a second into an empty entry.
-    conf_queue: VecDeque<(u64, Membership, u64)>,
+    conf_queue: VecDeque<(u64, Membership, u64, Vec<(u64, core::net::SocketAddr)>)>,
     /// The ticket of the membership change in flight.
     conf_in_flight: Option<u64>,
     state_machine: StateMachine,
@@ -229,7 +231,17 @@ impl Node {
         self.replica.as_mut().ok_or(NodeError::ShuttingDown)
     }
 
-    pub(crate) fn execute(&mut self, now: Instant, ticket: u64, command: Command, wal: &mut Wal) {
+    /// Runs a node command. A membership change carries `addresses`, the
+    /// members' addresses known here, to every node (see
+    /// `ReplicaOutput::PeerAddresses`).
+    pub(crate) fn execute(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        command: Command,
+        addresses: Vec<(u64, core::net::SocketAddr)>,
+        wal: &mut Wal,
+    ) {
         let replica = match self.running() {
             Ok(replica) => replica,
             Err(error) => {
@@ -258,7 +270,7 @@ impl Node {
             }
             Command::TransferLeader(node) => Some(Reply::Done(replica.transfer_leader(now, node, wal))),
             Command::ChangeMembership { change, node } => {
-                self.conf_queue.push_back((ticket, change, node));
+                self.conf_queue.push_back((ticket, change, node, addresses));
                 None
             }
             Command::ForceSnapshot(peer) => Some(Reply::Done(replica.force_snapshot(now, peer, wal))),
@@ -279,14 +291,14 @@ impl Node {
             let Some(replica) = self.replica.as_mut().filter(|replica| !replica.has_pending_conf()) else {
                 return;
             };
-            let Some((ticket, change, node)) = self.conf_queue.pop_front() else { return };
+            let Some((ticket, change, node, addresses)) = self.conf_queue.pop_front() else { return };
             let change = match change {
                 Membership::AddLearner => ConfChangeType::AddLearnerNode,
                 Membership::AddVoter => ConfChangeType::AddNode,
                 Membership::Remove => ConfChangeType::RemoveNode,
             };
             self.conf_in_flight = Some(ticket);
-            replica.change_membership(now, ticket, change, node, wal);
+            replica.change_membership(now, ticket, change, node, &addresses, wal);
             self.drain();
         }
     }
@@ -336,6 +348,7 @@ impl Node {
                 }
                 ReplicaOutput::Send { to, message, snapshot } => NodeOutput::Send { to, message, snapshot },
                 ReplicaOutput::RemoveWalBefore(seq) => NodeOutput::RemoveWalBefore(seq),
+                ReplicaOutput::PeerAddresses(addresses) => NodeOutput::PeerAddresses(addresses),
                 ReplicaOutput::Event(event) => NodeOutput::Event(Event::Replica(event)),
                 ReplicaOutput::Answer { ticket, answer } => {
                     let reply = match answer {

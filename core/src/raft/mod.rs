@@ -107,6 +107,10 @@ pub enum ReplicaOutput {
     /// Remove the WAL segments holding only records below this sequence
     /// number: a durable snapshot covers them.
     RemoveWalBefore(u64),
+    /// Where members listen, as the leader knew when it changed the
+    /// membership (carried in the change): a node added later can reach
+    /// members it was never told of.
+    PeerAddresses(Vec<(u64, core::net::SocketAddr)>),
     /// Report this.
     Event(ReplicaEvent),
     /// The replica cannot go on: stop the node with this error.
@@ -144,6 +148,12 @@ pub enum ReplicaEvent {
         /// The applied index it was taken at.
         index: u64,
         /// Why it could not be stored.
+        error: String,
+    },
+    /// The state machine's `compact` failed after a snapshot; the node
+    /// goes on.
+    CompactFailed {
+        /// The state machine's message.
         error: String,
     },
 }
@@ -188,7 +198,7 @@ impl PendingRead {
     fn answer(&self, result: Result<u64, NodeError>, state_machine: &StateMachine) -> Answer {
         match &self.query {
             None => Answer::ReadIndex(result),
-            Some(query) => Answer::Queried(result.map(|_| state_machine.apply(query))),
+            Some(query) => Answer::Queried(result.map(|_| state_machine.query(query))),
         }
     }
 }
@@ -558,6 +568,7 @@ impl Replica {
         ticket: u64,
         change: ConfChangeType,
         node: u64,
+        addresses: &[(u64, core::net::SocketAddr)],
         wal: &mut Wal,
     ) {
         let is_member = self.raw.raft.prs().get(node).is_some();
@@ -567,6 +578,11 @@ impl Replica {
         let mut conf_change = ConfChange::default();
         conf_change.set_change_type(change);
         conf_change.node_id = node;
+        if !addresses.is_empty() {
+            conf_change.context = bincode::serde::encode_to_vec(addresses, bincode::config::standard())
+                .expect("addresses always encode")
+                .into();
+        }
         self.submit(now, ticket, true, wal, |raw, context| raw.propose_conf_change(context, conf_change));
     }
 
@@ -668,7 +684,7 @@ impl Replica {
     /// Runs a read-only command against the local state machine (no
     /// consensus: it may be stale on a follower).
     pub fn query(&self, command: &[u8]) -> Result<Bytes, String> {
-        self.state_machine.apply(command)
+        self.state_machine.query(command)
     }
 
     /// Called when the WAL reports durability: releases what waited for it.
@@ -837,6 +853,12 @@ impl Replica {
             _ => ConfChange::parse_from_bytes(&entry.data)
                 .map_err(|error| NodeError::Refused(error.to_string()))
                 .and_then(|change| {
+                    // An address book that does not decode is ignored: it
+                    // only helps reach peers.
+                    let config = bincode::config::standard().with_limit::<{ 1 << 20 }>();
+                    if let Ok((addresses, _)) = bincode::serde::decode_from_slice(&change.context, config) {
+                        self.outputs.push_back(ReplicaOutput::PeerAddresses(addresses));
+                    }
                     self.raw.apply_conf_change(&change).map_err(|e| NodeError::Refused(e.to_string()))
                 }),
         };

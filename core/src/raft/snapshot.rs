@@ -79,7 +79,9 @@ impl Replica {
         };
         self.raw.mut_store().compact(snapshot);
         self.rewrite_after_snapshot(now, wal);
-        let _ = self.state_machine.compact();
+        if let Err(error) = self.state_machine.compact() {
+            self.outputs.push_back(ReplicaOutput::Event(ReplicaEvent::CompactFailed { error }));
+        }
         // Once the snapshot is durable, nothing before its record is needed.
         self.compaction = Some(snapshot_seq);
         true

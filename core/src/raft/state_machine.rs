@@ -17,6 +17,19 @@ pub trait StateMachineTrait: Send + Sync {
     /// computes the same one, and the node keeps running.
     fn apply(&self, command: &[u8]) -> Result<Bytes, String>;
 
+    /// Answers a read without going through the log (a node's `query` and
+    /// `linearizable_query`, and clients' reads over RPC). It must not
+    /// change the state: a change made here happens on one replica only.
+    /// The default runs [`StateMachineTrait::apply`], as the original API
+    /// did; override it to refuse commands that write.
+    ///
+    /// # Errors
+    ///
+    /// The query's own error result.
+    fn query(&self, command: &[u8]) -> Result<Bytes, String> {
+        self.apply(command)
+    }
+
     /// The whole state, serialized, for log compaction and for catching up
     /// nodes that are far behind.
     fn snapshot(&self) -> Vec<u8>;
@@ -33,7 +46,7 @@ pub trait StateMachineTrait: Send + Sync {
     ///
     /// # Errors
     ///
-    /// Reported in the node's events; the node keeps running.
+    /// Reported as a `CompactFailed` replica event; the node keeps running.
     fn compact(&self) -> Result<(), String> {
         Ok(())
     }
@@ -102,6 +115,14 @@ impl StateMachineTrait for KvStateMachine {
                 Ok(Bytes::from_static(b"OK"))
             }
             _ => Err(format!("unknown command: {}", String::from_utf8_lossy(command))),
+        }
+    }
+
+    /// Only `GET` reads; `SET` and `DELETE` are refused here.
+    fn query(&self, command: &[u8]) -> Result<Bytes, String> {
+        match split_word(command).0 {
+            b"GET" => self.apply(command),
+            _ => Err(format!("not a read: {}", String::from_utf8_lossy(command))),
         }
     }
 

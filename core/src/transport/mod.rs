@@ -679,6 +679,20 @@ impl Transport {
         self.handler = Some(handler);
     }
 
+    /// Every peer whose address is known, with it.
+    #[must_use]
+    pub fn known_addresses(&self) -> Vec<(u64, SocketAddr)> {
+        self.peers.iter().filter_map(|(&id, peer)| Some((id, peer.address?))).collect()
+    }
+
+    /// Records where `peer` listens if no address is known for it yet (an
+    /// address from the configuration or an operator wins).
+    pub fn learn_peer_addr(&mut self, now: Instant, peer: u64, address: SocketAddr) {
+        if self.peers.get(&peer).is_none_or(|known| known.address.is_none()) {
+            self.update_peer_addr(now, peer, address);
+        }
+    }
+
     /// Sets where `peer` listens; a connection being dialed to the old
     /// address is abandoned.
     pub fn update_peer_addr(&mut self, now: Instant, peer: u64, address: SocketAddr) {
@@ -1571,6 +1585,12 @@ impl Transport {
         connection.unstarted.extend(std::mem::take(&mut peer.waiting_transfers));
         self.start_transfers(now, handle, connection);
         let (address, inbound) = (connection.quinn.remote_address(), !connection.outbound);
+        // A node sends from the socket it listens on: a peer that dialed in
+        // can be dialed back there, unless an address is known already.
+        let peer = self.peers.entry(peer_id).or_default();
+        if peer.address.is_none() {
+            peer.address = Some(address);
+        }
         if inbound && self.announce_inbound {
             self.outputs.push_back(TransportOutput::Delivery(Delivery::Connected { peer: peer_id, address }));
         }
