@@ -116,11 +116,21 @@ pub(crate) fn failure_reply(command: &Command, error: NodeError) -> Reply {
     }
 }
 
+/// A membership change waiting for the one in flight.
+#[derive(Debug)]
+struct QueuedChange {
+    ticket: u64,
+    change: Membership,
+    node: u64,
+    /// The members' addresses known when it was asked for.
+    addresses: Vec<(u64, core::net::SocketAddr)>,
+}
+
 pub(crate) struct Node {
     config: NodeConfig,
     /// Membership changes waiting for the one in flight: Raft takes one at
     /// a time and turns a second into an empty entry.
-    conf_queue: VecDeque<(u64, Membership, u64, Vec<(u64, core::net::SocketAddr)>)>,
+    conf_queue: VecDeque<QueuedChange>,
     /// The ticket of the membership change in flight.
     conf_in_flight: Option<u64>,
     state_machine: StateMachine,
@@ -183,7 +193,7 @@ impl Node {
         if let Some(replica) = &mut self.replica {
             replica.abandon(&error);
         }
-        for (ticket, ..) in std::mem::take(&mut self.conf_queue) {
+        for QueuedChange { ticket, .. } in std::mem::take(&mut self.conf_queue) {
             let reply = Reply::MembershipChanged(Err(error.clone()));
             self.outputs.push_back(NodeOutput::Reply { ticket, reply });
         }
@@ -270,7 +280,7 @@ impl Node {
             }
             Command::TransferLeader(node) => Some(Reply::Done(replica.transfer_leader(now, node, wal))),
             Command::ChangeMembership { change, node } => {
-                self.conf_queue.push_back((ticket, change, node, addresses));
+                self.conf_queue.push_back(QueuedChange { ticket, change, node, addresses });
                 None
             }
             Command::ForceSnapshot(peer) => Some(Reply::Done(replica.force_snapshot(now, peer, wal))),
@@ -291,7 +301,9 @@ impl Node {
             let Some(replica) = self.replica.as_mut().filter(|replica| !replica.has_pending_conf()) else {
                 return;
             };
-            let Some((ticket, change, node, addresses)) = self.conf_queue.pop_front() else { return };
+            let Some(QueuedChange { ticket, change, node, addresses }) = self.conf_queue.pop_front() else {
+                return;
+            };
             let change = match change {
                 Membership::AddLearner => ConfChangeType::AddLearnerNode,
                 Membership::AddVoter => ConfChangeType::AddNode,
