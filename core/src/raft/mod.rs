@@ -239,6 +239,10 @@ pub struct Replica {
     compaction: Option<u64>,
     /// No local snapshot before this applied index (after a failed one).
     snapshot_retry_at: u64,
+    /// Command bytes applied since the last snapshot, and that snapshot's
+    /// size: see `maybe_snapshot`.
+    applied_bytes_since_snapshot: u64,
+    last_snapshot_bytes: u64,
     /// Peers sent a snapshot since the last report to raft-rs.
     /// Snapshot deliveries to report to raft-rs: peer, and whether the
     /// snapshot arrived.
@@ -381,6 +385,8 @@ impl Replica {
             unpersisted: VecDeque::new(),
             compaction: None,
             snapshot_retry_at: 0,
+            applied_bytes_since_snapshot: 0,
+            last_snapshot_bytes: 0,
             snapshot_reports: Vec::new(),
             outputs: VecDeque::new(),
         };
@@ -824,6 +830,7 @@ impl Replica {
                 // even an empty one, and is applied on every replica alike.
                 EntryType::EntryNormal if entry.context.is_empty() => {}
                 EntryType::EntryNormal => {
+                    self.applied_bytes_since_snapshot += entry.data.len() as u64;
                     let result = self.state_machine.apply(&entry.data);
                     if let Some(waiting) = waiting {
                         self.answer(waiting.ticket, Answer::Applied(Ok(result)));

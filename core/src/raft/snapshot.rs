@@ -45,10 +45,17 @@ impl Replica {
         }
     }
 
-    /// Takes a snapshot and compacts the log once enough has been applied.
+    /// Takes a snapshot and compacts the log once enough has been applied:
+    /// `snapshot_lag_threshold` entries, and as many command bytes as the
+    /// last snapshot held. A snapshot writes the whole state, so a large
+    /// state taken every few entries would cost far more than the log it
+    /// replaces; this way snapshots cost at most as much again as the
+    /// commands, and the log stays about as large as the state.
     pub(super) fn maybe_snapshot(&mut self, now: Instant, wal: &mut Wal, applied: u64) {
         let due = self.raw.store().snapshot_index() + self.config.snapshot_lag_threshold;
-        if applied >= due.max(self.snapshot_retry_at) {
+        if applied >= due.max(self.snapshot_retry_at)
+            && self.applied_bytes_since_snapshot >= self.last_snapshot_bytes
+        {
             self.take_snapshot(now, wal, applied);
         }
     }
@@ -77,6 +84,8 @@ impl Replica {
                 return false;
             }
         };
+        self.last_snapshot_bytes = snapshot.data.len() as u64;
+        self.applied_bytes_since_snapshot = 0;
         self.raw.mut_store().compact(snapshot);
         self.rewrite_after_snapshot(now, wal);
         if let Err(error) = self.state_machine.compact() {
