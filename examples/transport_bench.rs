@@ -22,7 +22,10 @@
 //! SHA-256's rate from the same run, and as CPU seconds per GiB (the whole
 //! process, both ends) beside quinn's: machines are noisy, and the CPU cost
 //! per byte moves least when other processes share the cores. Repeat a run
-//! before trusting a single figure. Run with `cargo run --release -p
+//! before trusting a single figure. While it measures, it prints each
+//! connection's QUIC figures (packets sent and lost, congestion window,
+//! round-trip time) and how busy each node's loop thread was: a transfer
+//! cannot go faster than its busiest loop. Run with `cargo run --release -p
 //! octopii-examples --example transport_bench` (options: `-- --bytes
 //! 268435456 --duration 5 --rpc-bytes 64 --dir PATH`, and `--skip-sha`,
 //! `--skip-quinn`, `--skip-lane`, `--skip-rpc`). It prints figures and
@@ -41,10 +44,10 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use octopii_core::raft::NodeConfig;
 use octopii_core::raft::state_machine::KvStateMachine;
-use octopii_core::transport::TransportConfig;
 use octopii_core::transport::chunk::ChunkSource;
 use octopii_core::transport::rpc::{RequestHandler, RequestPayload, ResponsePayload};
 use octopii_core::transport::tls::DevCa;
+use octopii_core::transport::{LinkStats, PeerStatus, TransportConfig};
 use octopii_core::{Command, KernelConfig, Reply};
 use octopii_mio::driver::Delivery;
 use octopii_mio::{Node, NodeOptions};
@@ -126,6 +129,31 @@ fn process_cpu() -> Option<Duration> {
     let user: u32 = fields.next()?.parse().ok()?;
     let system: u32 = fields.next()?.parse().ok()?;
     Some(TICK * user + TICK * system)
+}
+
+/// The CPU time (user and system) of each of this process's threads whose
+/// name starts with `prefix`, by name, from `/proc/self/task`; empty where
+/// there is no such directory.
+fn thread_cpu(prefix: &str) -> BTreeMap<String, Duration> {
+    const TICK: Duration = Duration::from_millis(10);
+    let mut threads = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return threads };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        let Some((_, name)) = head.split_once('(') else { continue };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let mut fields = tail.split_whitespace().skip(11);
+        let (Some(Ok(user)), Some(Ok(system))) =
+            (fields.next().map(str::parse::<u32>), fields.next().map(str::parse::<u32>))
+        else {
+            continue;
+        };
+        *threads.entry(name.to_owned()).or_default() += TICK * user + TICK * system;
+    }
+    threads
 }
 
 /// CPU time used since `before`, if both readings exist.
@@ -279,6 +307,14 @@ fn measure_quinn(bytes: u64) -> Result<Transfer, Box<dyn Error>> {
         if received != bytes {
             return Err(format!("quinn's server read {received} of {bytes} bytes").into());
         }
+        let stats = connection.stats();
+        println!(
+            "    quinn: {} packets sent, {} lost, congestion window {} KiB, rtt {:?}",
+            stats.path.sent_packets,
+            stats.path.lost_packets,
+            stats.path.cwnd / 1024,
+            stats.path.rtt,
+        );
         client.wait_idle().await;
         Ok::<_, Box<dyn Error>>((finished - started, cpu))
     })?;
@@ -379,6 +415,8 @@ impl Cluster {
         std::thread::scope(|scope| {
             let receivers: Vec<_> =
                 peers.iter().map(|&peer| scope.spawn(move || self.receive(peer, size))).collect();
+            let links_before = self.links(peers)?;
+            let threads_before = thread_cpu("octopii-node");
             let cpu = process_cpu();
             let started = Instant::now();
             let mut answers = Vec::new();
@@ -396,11 +434,41 @@ impl Cluster {
             }
             let elapsed = started.elapsed();
             let cpu = cpu_since(cpu);
+            // Which end is busiest: a node's loop is one thread, and a
+            // transfer cannot go faster than its busiest loop.
+            let busy: Vec<String> = thread_cpu("octopii-node")
+                .into_iter()
+                .map(|(name, after)| {
+                    let spent = after.saturating_sub(threads_before.get(&name).copied().unwrap_or_default());
+                    format!("{name} {:.0}%", 100.0 * spent.as_secs_f64() / elapsed.as_secs_f64())
+                })
+                .collect();
+            println!("    loop threads busy: {}", busy.join(", "));
             for receiver in receivers {
                 receiver.join().map_err(|_| "a receiver panicked")??;
             }
+            for ((peer, before), (_, after)) in links_before.into_iter().zip(self.links(peers)?) {
+                println!(
+                    "    node 1 -> {peer}: {} packets sent, {} lost, congestion window {} KiB, rtt {:?}",
+                    after.sent_packets - before.sent_packets,
+                    after.lost_packets - before.lost_packets,
+                    after.congestion_window / 1024,
+                    after.rtt,
+                );
+            }
             Ok(Transfer { label, bytes: size * peers.len() as u64, elapsed, cpu })
         })
+    }
+
+    /// QUIC's figures for node 1's connection to each of `peers`.
+    fn links(&self, peers: &[u64]) -> Result<Vec<(u64, LinkStats)>, Box<dyn Error>> {
+        peers
+            .iter()
+            .map(|&peer| match self.nodes[&1].call(Command::PeerStatus(peer))? {
+                Reply::Peer(Some(PeerStatus { link: Some(link), .. })) => Ok((peer, link)),
+                other => Err(format!("node 1 has no connection to node {peer}: {other:?}").into()),
+            })
+            .collect()
     }
 
     /// Drains one transfer's deliveries at `peer`, counting the body.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -203,10 +203,18 @@ pub fn read_file_piece(path: &Path, offset: u64, len: usize) -> Result<FileRead,
         file: path.display().to_string(),
         failure: error.into(),
     };
-    let file = File::open(path).map_err(fail)?;
+    let mut file = File::open(path).map_err(fail)?;
     let file_len = file.metadata().map_err(fail)?.len();
     let available = usize::try_from(file_len.saturating_sub(offset)).unwrap_or(usize::MAX);
-    let mut data = vec![0; len.min(available)];
-    file.read_exact_at(&mut data, offset).map_err(fail)?;
+    let want = len.min(available);
+    // Read into spare capacity: the buffer is not zeroed first, as
+    // `read_exact_at` would need. `take` stops at `want`, so the exact
+    // capacity is never outgrown.
+    let mut data = Vec::with_capacity(want);
+    file.seek(SeekFrom::Start(offset)).map_err(fail)?;
+    (&mut file).take(want as u64).read_to_end(&mut data).map_err(fail)?;
+    if data.len() != want {
+        return Err(fail(io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(FileRead { data: data.into(), file_len })
 }

@@ -1,13 +1,15 @@
 //! The loop body every binding runs: feed inputs to the kernel, then execute
 //! what it asks for. It decides nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use octopii_core::disk::DiskCompletion;
 use octopii_core::raft::NodeError;
+use octopii_core::transport::chunk::TransferId;
 use octopii_core::transport::{Transmit, TransportEvent};
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
 
@@ -31,6 +33,21 @@ pub enum Executor {
 
 pub use octopii_core::transport::Delivery;
 
+/// Datagram bytes one [`Driver::drain`] collects before it stops executing
+/// file reads: the loop then sends them, and takes the peers'
+/// acknowledgements and credit, before the next pieces of a transfer are
+/// read and packed. Without it, a sender builds a whole flow control
+/// window of packets before the first leaves, and the receiver idles.
+pub const DRAIN_TRANSMIT_BYTES_MAX: usize = 256 * 1024;
+
+/// A file read asked for by the kernel, not yet executed.
+struct FileReadRequest {
+    transfer: TransferId,
+    path: PathBuf,
+    offset: u64,
+    len: usize,
+}
+
 /// Owns a kernel and its disk executor, and delivers replies. Datagrams to
 /// send and deliveries for the application are collected for the loop,
 /// which owns the socket.
@@ -40,9 +57,16 @@ pub struct Driver {
     waiters: BTreeMap<CommandId, ReplySink>,
     next_command: u64,
     transmits: Vec<Transmit>,
+    /// Bytes in `transmits`.
+    transmit_bytes: usize,
     deliveries: Vec<Delivery>,
     received: Vec<(SocketAddr, BytesMut)>,
     received_at: Instant,
+    /// File reads held back by [`DRAIN_TRANSMIT_BYTES_MAX`] (at most a
+    /// few per transfer: the kernel asks for the next piece only after the
+    /// last one came back), and since when.
+    reads: VecDeque<FileReadRequest>,
+    reads_held_at: Instant,
 }
 
 impl std::fmt::Debug for Driver {
@@ -64,9 +88,12 @@ impl Driver {
             waiters: BTreeMap::new(),
             next_command: 0,
             transmits: Vec::new(),
+            transmit_bytes: 0,
             deliveries: Vec::new(),
             received: Vec::new(),
             received_at: Instant::now(),
+            reads: VecDeque::new(),
+            reads_held_at: Instant::now(),
         };
         driver.drain();
         driver
@@ -109,6 +136,7 @@ impl Driver {
 
     /// The datagrams to send, in order, since the last call.
     pub fn take_transmits(&mut self) -> Vec<Transmit> {
+        self.transmit_bytes = 0;
         std::mem::take(&mut self.transmits)
     }
 
@@ -129,19 +157,29 @@ impl Driver {
 
     /// Passes a timeout if the kernel's timer has expired at `now`.
     pub fn timeout(&mut self, now: Instant) {
-        if self.next_timeout().is_some_and(|deadline| deadline <= now) {
+        if self.kernel.poll_timeout().is_some_and(|(deadline, _reason)| deadline <= now) {
             self.kernel.handle_input(now, Input::Timeout);
         }
     }
 
-    /// When [`Driver::timeout`] should next be called.
+    /// When [`Driver::timeout`] and [`Driver::drain`] should next be
+    /// called: at once while file reads are held back.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.kernel.poll_timeout().map(|(deadline, _reason)| deadline)
+        let kernel = self.kernel.poll_timeout().map(|(deadline, _reason)| deadline);
+        if self.reads.is_empty() {
+            kernel
+        } else {
+            Some(kernel.map_or(self.reads_held_at, |deadline| deadline.min(self.reads_held_at)))
+        }
     }
 
     /// Executes everything the kernel asks for until it asks for nothing:
     /// disk operations go to the executor (inline ones complete here, and
     /// their completions are fed back at once), replies to their callers.
+    /// File reads for transfers run here too, until the datagrams collected
+    /// since [`Driver::take_transmits`] pass [`DRAIN_TRANSMIT_BYTES_MAX`];
+    /// the rest wait for the next call, and [`Driver::next_timeout`] asks
+    /// for it at once.
     pub fn drain(&mut self) {
         if !self.received.is_empty() {
             let datagrams = std::mem::take(&mut self.received);
@@ -149,7 +187,6 @@ impl Driver {
         }
         loop {
             let mut completed = Vec::new();
-            let mut reads = Vec::new();
             while let Some(output) = self.kernel.poll_output() {
                 match output {
                     Output::Disk(op) => match &mut self.executor {
@@ -164,24 +201,30 @@ impl Driver {
                         sink(reply);
                     }
                     Output::Event(event) => report(&event),
-                    Output::Transmit(transmit) => self.transmits.push(transmit),
+                    Output::Transmit(transmit) => {
+                        self.transmit_bytes += transmit.contents.len();
+                        self.transmits.push(transmit);
+                    }
                     Output::Delivery(delivery) => self.deliveries.push(delivery),
-                    // Reads of a file being sent come from the page cache
-                    // in the common case; they run here, in order.
                     Output::ReadFile { transfer, path, offset, len } => {
-                        reads.push((transfer, crate::disk::read_file_piece(&path, offset, len)));
+                        self.reads.push_back(FileReadRequest { transfer, path, offset, len });
                     }
                     Output::Send { to, .. } => {
                         tracing::warn!(to, "kernel without transport: raft message dropped")
                     }
                 }
             }
-            if completed.is_empty() && reads.is_empty() {
+            let read_now = self.transmit_bytes < DRAIN_TRANSMIT_BYTES_MAX;
+            if completed.is_empty() && (self.reads.is_empty() || !read_now) {
+                self.reads_held_at = Instant::now();
                 return;
             }
             let now = Instant::now();
-            for (transfer, result) in reads {
-                self.kernel.handle_input(now, Input::FileRead { transfer, result });
+            // Reads of a file being sent come from the page cache in the
+            // common case; they run here, in order.
+            while read_now && let Some(read) = self.reads.pop_front() {
+                let result = crate::disk::read_file_piece(&read.path, read.offset, read.len);
+                self.kernel.handle_input(now, Input::FileRead { transfer: read.transfer, result });
             }
             self.disk_done(now, completed);
         }

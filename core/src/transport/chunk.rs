@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use quinn_proto::{StreamId, VarInt};
 use sha2::{Digest, Sha256};
 
@@ -253,14 +253,13 @@ impl Outgoing {
     /// Hands pending bytes to QUIC; ends the stream after the digest.
     pub(crate) fn write(&mut self, connection: &mut quinn_proto::Connection) -> Result<(), TransferError> {
         let mut stream = connection.send_stream(self.stream);
-        while let Some(front) = self.pending.front_mut() {
-            match stream.write(front) {
-                Ok(written) if written == front.len() => {
-                    self.pending.pop_front();
-                }
+        while !self.pending.is_empty() {
+            // The pieces go to quinn as they are, without a copy: quinn
+            // takes whole pieces and advances the one it takes in part.
+            match stream.write_chunks(self.pending.make_contiguous()) {
                 // Write again: only a write that returns `Blocked` makes
                 // quinn report `Writable` later; a partial one does not.
-                Ok(written) => front.advance(written),
+                Ok(written) => drop(self.pending.drain(..written.chunks)),
                 Err(quinn_proto::WriteError::Blocked) => return Ok(()),
                 Err(quinn_proto::WriteError::Stopped(code)) => return Err(refused_or_reset(code)),
                 Err(error) => return Err(TransferError::Interrupted(error.to_string())),

@@ -1174,10 +1174,13 @@ impl Transport {
 
     fn push_transmit(&mut self, transmit: &quinn_proto::Transmit) {
         self.stats.transmits_sent += 1;
-        // A full batch leaves in the buffer quinn wrote it to, without a
+        // A large batch leaves in the buffer quinn wrote it to, without a
         // copy (quinn reserves a fresh one for the next); a small one (an
-        // acknowledgement, say) is copied, and the buffer is used again.
-        let contents = if transmit.size >= TRANSMIT_MOVE_BYTES_MIN {
+        // acknowledgement, say) is copied, and the buffer is used again. A
+        // buffer handed on is at least half full, so a queue of transmits
+        // holds at most twice the bytes it carries.
+        let moved = transmit.size >= TRANSMIT_MOVE_BYTES_MIN && transmit.size * 2 >= self.buffer.capacity();
+        let contents = if moved {
             self.buffer.truncate(transmit.size);
             Bytes::from(std::mem::take(&mut self.buffer))
         } else {
