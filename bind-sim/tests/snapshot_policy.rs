@@ -12,9 +12,10 @@ use bytes::Bytes;
 use octopii_core::raft::state_machine::StateMachineTrait;
 use octopii_sim::cluster::{ClusterConfig, ClusterSim};
 
-/// A state of 64 KiB whatever the commands; counts its snapshots.
+/// A state of `bytes` once anything is applied; counts its snapshots.
 #[derive(Debug)]
 struct Bulky {
+    bytes: usize,
     applied: Mutex<u64>,
     snapshots: Arc<AtomicU64>,
 }
@@ -27,9 +28,10 @@ impl StateMachineTrait for Bulky {
 
     fn snapshot(&self) -> Vec<u8> {
         self.snapshots.fetch_add(1, Ordering::Relaxed);
-        let mut state = vec![0; 64 * 1024];
-        state[..8]
-            .copy_from_slice(&self.applied.lock().unwrap_or_else(PoisonError::into_inner).to_le_bytes());
+        let applied = *self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        // Empty at first (a new cluster's first snapshot), then `bytes`.
+        let mut state = vec![0; if applied == 0 { 8 } else { self.bytes }];
+        state[..8].copy_from_slice(&applied.to_le_bytes());
         state
     }
 
@@ -40,13 +42,16 @@ impl StateMachineTrait for Bulky {
     }
 }
 
-#[test]
-fn a_large_state_is_not_snapshotted_every_threshold_entries() {
+/// Runs 200 writes of 6-byte commands on 3 nodes with a threshold of 10
+/// entries; the number of snapshots taken.
+fn snapshots_taken(state_bytes: usize) -> u64 {
     let snapshots = Arc::new(AtomicU64::new(0));
     let counter = snapshots.clone();
     let config = ClusterConfig { seed: 5, snapshot_lag_threshold: 10, ..ClusterConfig::default() };
     let factory = Box::new(move |_node| {
-        Arc::new(Bulky { applied: Mutex::new(0), snapshots: counter.clone() }) as Arc<dyn StateMachineTrait>
+        let snapshots = counter.clone();
+        Arc::new(Bulky { bytes: state_bytes, applied: Mutex::new(0), snapshots })
+            as Arc<dyn StateMachineTrait>
     });
     let mut sim = ClusterSim::with_state_machines(config, factory).expect("a valid config");
     sim.set_replay(String::from("the snapshot policy test"));
@@ -55,10 +60,24 @@ fn a_large_state_is_not_snapshotted_every_threshold_entries() {
         assert_eq!(answer, Ok(Ok(Bytes::from_static(b"OK"))));
     }
     assert!(sim.violation().is_none(), "{:?}", sim.violation());
-    // 200 commands of 6 bytes: each node takes its first snapshot at 10
-    // entries, then waits for 64 KiB of commands. Every 10 entries would
-    // be 20 per node, 60 in all. (The simulator's state oracle takes a few
-    // snapshots of its own to compare replicas.)
-    let taken = snapshots.load(Ordering::Relaxed);
+    snapshots.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_large_state_is_not_snapshotted_every_threshold_entries() {
+    // Each node takes its first snapshot at 10 entries, then waits for
+    // 64 KiB of commands. Every 10 entries would be 20 per node, 60 in
+    // all. (The simulator's state oracle takes a few snapshots of its own
+    // to compare replicas.)
+    let taken = snapshots_taken(64 * 1024);
     assert!((3..=10).contains(&taken), "{taken} snapshots on 3 nodes");
+}
+
+#[test]
+fn a_snapshot_too_large_for_the_log_is_not_retried_every_threshold_entries() {
+    // 9 MiB exceeds a log entry: the attempt fails, and the next waits for
+    // as many bytes of commands (before: one more 9 MiB copy every 10
+    // entries, 60 in all).
+    let taken = snapshots_taken(9 << 20);
+    assert!((3..=10).contains(&taken), "{taken} snapshot attempts on 3 nodes");
 }

@@ -1,5 +1,5 @@
 //! The cluster benchmark: three nodes on loopback over QUIC with fsync on,
-//! durable writes of 8-byte keys and 256-byte values from 1, 64 and 256
+//! durable writes of 8-byte keys (10,000 per level) and 256-byte values from 1, 64 and 256
 //! concurrent clients, next to what the machine itself gives (one write and
 //! fdatasync of the same size on the same filesystem; one UDP round trip on
 //! loopback) and the resident memory of an idle node process. Run it in a

@@ -12,6 +12,9 @@ use octopii::{Config, NodeError, OctopiiError, OctopiiNode, OctopiiRuntime};
 
 const NODES: [u64; 3] = [1, 2, 3];
 const WAIT: Duration = Duration::from_secs(10);
+/// Keys one workload writes: write `n` sets key `n % KEYS`, so the state
+/// stays a few MiB however long a benchmark runs.
+const KEYS: usize = 10_000;
 
 /// Runs the demo.
 pub async fn run(writes: usize, clients: usize) -> anyhow::Result<()> {
@@ -56,7 +59,7 @@ pub async fn run(writes: usize, clients: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for node in nodes.iter().flatten() {
-        for key in [format!("GET a{:0>7}", writes - 1), "GET b0000000".to_owned()] {
+        for key in [format!("GET a{:0>7}", (writes - 1) % KEYS), "GET b0000000".to_owned()] {
             let value = node.query(key.as_bytes()).await?;
             if value != "v" {
                 bail!("node {} answers {key} with {value:?}", node.id());
@@ -118,7 +121,7 @@ pub async fn wait_for_leader(nodes: &[Option<Arc<OctopiiNode>>]) -> anyhow::Resu
     }
 }
 
-/// Writes `<prefix>-<n>` = `value` for n below `writes`, from `clients`
+/// Writes `<prefix><n % KEYS>` = `value` for n below `writes`, from `clients`
 /// tasks, each write to the leader (retried on another after a change of
 /// leader); the latency of each.
 pub async fn workload(
@@ -135,8 +138,9 @@ pub async fn workload(
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             for index in (client..writes).step_by(clients) {
+                let key = index % KEYS;
                 let command =
-                    format!("SET {prefix}{index:0>width$} {value}", width = 8 - prefix.len()).into_bytes();
+                    format!("SET {prefix}{key:0>width$} {value}", width = 8 - prefix.len()).into_bytes();
                 let started = Instant::now();
                 write(&running, command).await?;
                 latencies.push(started.elapsed());

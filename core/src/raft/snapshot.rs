@@ -77,8 +77,11 @@ impl Replica {
             Ok(seq) => seq,
             Err(error) => {
                 // Typically a state larger than one log entry may be: keep
-                // the log, and try again after as many entries once more.
+                // the log, and try again after as many entries once more,
+                // and as many command bytes as this attempt copied.
                 self.snapshot_retry_at = applied + self.config.snapshot_lag_threshold;
+                self.last_snapshot_bytes = snapshot.data.len() as u64;
+                self.applied_bytes_since_snapshot = 0;
                 let event = ReplicaEvent::SnapshotFailed { index: applied, error: error.to_string() };
                 self.outputs.push_back(ReplicaOutput::Event(event));
                 return false;
