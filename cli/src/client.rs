@@ -12,7 +12,8 @@ use bytes::Bytes;
 use clap::Args;
 use octopii::rpc::{RequestPayload, ResponsePayload, RpcHandler};
 use octopii::transport::QuicTransport;
-use octopii_core::client::{ClientOperation, ClientReply, ClientStatus};
+use octopii_core::NodeStatus;
+use octopii_core::client::{ClientOperation, ClientReply};
 use octopii_mio::identity::{TlsFiles, load_identity, transport_config};
 
 /// How long one operation keeps trying nodes before it gives up.
@@ -169,7 +170,7 @@ impl Client {
     }
 }
 
-fn print_status(address: SocketAddr, status: &ClientStatus) {
+fn print_status(address: SocketAddr, status: &NodeStatus) {
     let role = if status.leader == Some(status.id) { "leader" } else { "follower" };
     println!(
         "node {} at {address}: {role}, term {}, leader {}, commit {}, applied {}, voters {:?}, learners {:?}",
@@ -181,7 +182,7 @@ fn print_status(address: SocketAddr, status: &ClientStatus) {
         status.voters,
         status.learners,
     );
-    for (peer, matched, next) in &status.progress {
-        println!("  peer {peer}: matched {matched}, next {next}");
+    for (peer, progress) in &status.progress {
+        println!("  peer {peer}: matched {}, next {}", progress.matched, progress.next);
     }
 }

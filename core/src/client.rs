@@ -69,45 +69,9 @@ pub enum ClientReply {
     /// The operation failed, with why.
     Failed(String),
     /// The node's view of the cluster.
-    Status(ClientStatus),
+    Status(NodeStatus),
     /// Not an operation this node knows.
     Unknown(String),
-}
-
-/// [`NodeStatus`] as sent to clients.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientStatus {
-    /// The node answering.
-    pub id: u64,
-    /// Its term.
-    pub term: u64,
-    /// The leader it knows of.
-    pub leader: Option<u64>,
-    /// Its commit index.
-    pub commit: u64,
-    /// Its applied index.
-    pub applied: u64,
-    /// Voting members.
-    pub voters: Vec<u64>,
-    /// Learners.
-    pub learners: Vec<u64>,
-    /// On the leader: each member's matched and next index.
-    pub progress: Vec<(u64, u64, u64)>,
-}
-
-impl From<NodeStatus> for ClientStatus {
-    fn from(status: NodeStatus) -> Self {
-        Self {
-            id: status.id,
-            term: status.term,
-            leader: status.leader,
-            commit: status.commit,
-            applied: status.applied,
-            voters: status.voters,
-            learners: status.learners,
-            progress: status.progress.iter().map(|(&id, p)| (id, p.matched, p.next)).collect(),
-        }
-    }
 }
 
 impl ClientReply {

@@ -926,7 +926,7 @@ impl Kernel {
                         Reply::Proposed(result) | Reply::Queried(result) => {
                             ClientReply::from_result(result, leader_address)
                         }
-                        Reply::Status(Ok(status)) => ClientReply::Status(status.into()),
+                        Reply::Status(Ok(status)) => ClientReply::Status(status),
                         Reply::Status(Err(error)) => ClientReply::Failed(error.to_string()),
                         other => unreachable!("a client operation answered with {other:?}"),
                     };

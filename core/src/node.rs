@@ -26,7 +26,7 @@ pub enum Membership {
 }
 
 /// Replication progress of one peer, as the leader tracks it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerProgress {
     /// Highest log index known to be replicated on the peer.
     pub matched: u64,
@@ -35,7 +35,7 @@ pub struct PeerProgress {
 }
 
 /// A node's view of its cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     /// This node.
     pub id: u64,
