@@ -262,6 +262,21 @@ impl std::fmt::Debug for Replica {
     }
 }
 
+/// Appends `snapshot`'s records ([`RaftRecord::encode_snapshot`]); the
+/// sequence number of the first.
+fn append_snapshot(
+    now: Instant,
+    wal: &mut Wal,
+    snapshot: &raft::eraftpb::Snapshot,
+) -> Result<u64, crate::wal::WalError> {
+    let mut first = None;
+    for record in RaftRecord::encode_snapshot(snapshot) {
+        let seq = wal.append(now, record)?;
+        first.get_or_insert(seq);
+    }
+    Ok(first.expect("a snapshot is at least one record"))
+}
+
 /// A request's identity in an entry's context: `(proposer, incarnation,
 /// request)`, so that results find their request whatever the queue order.
 /// The incarnation (the WAL sequence number of a record this run of the node
@@ -303,9 +318,19 @@ impl Replica {
         // Each snapshot record is followed by everything it does not cover,
         // so replay starts at the first one: what precedes it is superseded
         // (and its beginning may have been removed by compaction).
-        let start =
+        let mut start =
             records.iter().position(|(_, record)| matches!(record, RaftRecord::Snapshot(_))).unwrap_or(0);
+        while start > 0 && matches!(records[start - 1].1, RaftRecord::SnapshotPart(_)) {
+            start -= 1;
+        }
+        // Parts of a snapshot's data, gathered until its record.
+        let mut parts: Vec<Bytes> = Vec::new();
         for (_, record) in records.into_iter().skip(start) {
+            if let RaftRecord::SnapshotPart(data) = record {
+                parts.push(data);
+                continue;
+            }
+            let parts = std::mem::take(&mut parts);
             match record {
                 RaftRecord::Entry(entry) => {
                     if entry.index <= store.snapshot_index() {
@@ -321,7 +346,13 @@ impl Replica {
                     store.append(vec![entry]);
                 }
                 RaftRecord::HardState(hard_state) => store.set_hard_state(hard_state),
-                RaftRecord::Snapshot(snapshot) => store.install_snapshot(snapshot),
+                RaftRecord::Snapshot(mut snapshot) => {
+                    if snapshot.data.is_empty() && !parts.is_empty() {
+                        snapshot.data = Bytes::from(parts.concat());
+                    }
+                    store.install_snapshot(snapshot);
+                }
+                RaftRecord::SnapshotPart(_) => unreachable!("parts are gathered above"),
             }
         }
         let bootstrap = empty && !config.voters.is_empty();
@@ -336,8 +367,7 @@ impl Replica {
             metadata.index = BOOTSTRAP_INDEX;
             metadata.term = BOOTSTRAP_INDEX;
             metadata.mut_conf_state().voters = config.voters.clone();
-            wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode())
-                .map_err(|error| NodeError::Storage(error.to_string()))?;
+            append_snapshot(now, wal, &snapshot).map_err(|error| NodeError::Storage(error.to_string()))?;
             store.install_snapshot(snapshot);
         }
         // This run's requests are told apart from earlier runs' by the

@@ -1,6 +1,12 @@
 //! How Raft state is written into WAL entries: one tag byte, then the
 //! protobuf encoding of the piece. Replaying the records in log order
 //! rebuilds the replica's state after a restart.
+//!
+//! A snapshot whose data exceeds [`SNAPSHOT_PART_BYTES`] is written as
+//! part records holding its data in order, then a snapshot record with the
+//! metadata and empty data, which takes its data from the parts right
+//! before it ([`RaftRecord::encode_snapshot`]). Parts not followed by their
+//! snapshot record (a crash while writing them) are ignored.
 
 use bytes::Bytes;
 use protobuf::{CodedOutputStream, Message};
@@ -9,6 +15,11 @@ use raft::eraftpb::{Entry, HardState, Snapshot};
 const TAG_ENTRY: u8 = 1;
 const TAG_HARD_STATE: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;
+const TAG_SNAPSHOT_PART: u8 = 4;
+
+/// The most snapshot data one record holds; a WAL entry holds at most
+/// [`crate::wal::ENTRY_BYTES_MAX`].
+pub const SNAPSHOT_PART_BYTES: usize = 4 * 1024 * 1024;
 
 /// One piece of durable Raft state.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +32,8 @@ pub enum RaftRecord {
     /// A snapshot (metadata and the state machine's data); entries it
     /// covers are obsolete.
     Snapshot(Snapshot),
+    /// A piece of the data of the snapshot record that follows the parts.
+    SnapshotPart(Bytes),
 }
 
 /// A WAL entry that is not a valid Raft record.
@@ -59,7 +72,30 @@ impl RaftRecord {
             RaftRecord::Entry(entry) => Self::encode_entry(entry),
             RaftRecord::HardState(hard_state) => Self::encode_hard_state(hard_state),
             RaftRecord::Snapshot(snapshot) => encode_tagged(TAG_SNAPSHOT, snapshot),
+            RaftRecord::SnapshotPart(data) => {
+                let mut out = Vec::with_capacity(1 + data.len());
+                out.push(TAG_SNAPSHOT_PART);
+                out.extend_from_slice(data);
+                Bytes::from(out)
+            }
         }
+    }
+
+    /// The records of `snapshot`, in order: one, or parts then the
+    /// metadata (see the module documentation).
+    pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<Bytes> {
+        if snapshot.data.len() <= SNAPSHOT_PART_BYTES {
+            return vec![encode_tagged(TAG_SNAPSHOT, snapshot)];
+        }
+        let mut records: Vec<Bytes> = snapshot
+            .data
+            .chunks(SNAPSHOT_PART_BYTES)
+            .map(|piece| RaftRecord::SnapshotPart(snapshot.data.slice_ref(piece)).encode())
+            .collect();
+        let mut metadata = snapshot.clone();
+        metadata.data = Bytes::new();
+        records.push(encode_tagged(TAG_SNAPSHOT, &metadata));
+        records
     }
 
     /// `RaftRecord::Entry(entry).encode()`, without copying the entry.
@@ -84,6 +120,7 @@ impl RaftRecord {
             TAG_ENTRY => RaftRecord::Entry(Entry::parse_from_bytes(body).map_err(decode_error)?),
             TAG_HARD_STATE => RaftRecord::HardState(HardState::parse_from_bytes(body).map_err(decode_error)?),
             TAG_SNAPSHOT => RaftRecord::Snapshot(Snapshot::parse_from_bytes(body).map_err(decode_error)?),
+            TAG_SNAPSHOT_PART => RaftRecord::SnapshotPart(Bytes::copy_from_slice(body)),
             other => return Err(RecordError::UnknownTag(other)),
         })
     }

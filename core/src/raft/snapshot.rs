@@ -21,7 +21,7 @@ impl Replica {
             self.outputs.push_back(ReplicaOutput::Fatal(error));
             return;
         }
-        if let Err(error) = wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode()) {
+        if let Err(error) = super::append_snapshot(now, wal, &snapshot) {
             let error = NodeError::Storage(format!("cannot store the snapshot at {index}: {error}"));
             self.outputs.push_back(ReplicaOutput::Fatal(error));
             return;
@@ -73,7 +73,9 @@ impl Replica {
         metadata.index = applied;
         metadata.term = store.entry(applied).map_or(0, |entry| entry.term);
         metadata.set_conf_state(store.conf_state().clone());
-        let snapshot_seq = match wal.append(now, RaftRecord::Snapshot(snapshot.clone()).encode()) {
+        // Its first record is the compaction point: everything before is
+        // covered, its parts must stay.
+        let snapshot_seq = match super::append_snapshot(now, wal, &snapshot) {
             Ok(seq) => seq,
             Err(error) => {
                 // Typically a state larger than one log entry may be: keep
