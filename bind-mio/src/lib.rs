@@ -4,6 +4,10 @@
 //! waits in [`mio::Poll`] with the kernel's next timeout; callers' commands
 //! and the disk thread's completions wake it through a [`mio::Waker`].
 //!
+//! [`BlockingNode`] is the replicated node from plain threads, started
+//! from a [`Config`]; [`Node`] is the same loop driven by raw kernel
+//! commands, and [`WriteAheadLog`] the log on its own.
+//!
 //! This crate also holds the pieces every real binding shares: the file
 //! executor ([`disk::FileDisk`], [`disk::DiskThread`]) and the loop body
 //! ([`driver::Driver`]); the tokio binding reuses them.

@@ -4,10 +4,11 @@
 //! runs it on a tokio task, executes its disk work on a dedicated thread, and
 //! hands answers back to async callers.
 //!
-//! So far it offers the write-ahead log ([`WriteAheadLog`]), a replicated
-//! node driven by commands ([`NodeLoop`]), and the transport on its own,
-//! addressed by socket address ([`transport::QuicTransport`],
-//! [`rpc::RpcHandler`]).
+//! It offers a replicated node started from a [`Config`]
+//! ([`OctopiiNode`], on an [`OctopiiRuntime`]), the same node driven by raw
+//! kernel commands ([`NodeLoop`]), the write-ahead log on its own
+//! ([`WriteAheadLog`]), and the transport on its own, addressed by socket
+//! address ([`transport::QuicTransport`], [`rpc::RpcHandler`]).
 
 mod error;
 mod node;
