@@ -170,7 +170,7 @@ impl QuicTransport {
     ///
     /// # Errors
     ///
-    /// [`OctopiiError::Rpc`] with [`RpcError::Unreachable`] if no node of
+    /// [`OctopiiError::Rpc`] with [`RpcError::Unreachable`](octopii_core::transport::rpc::RpcError::Unreachable) if no node of
     /// the cluster answered (nobody there, another CA, a false id, or the
     /// idle timeout passed); [`OctopiiError::Shutdown`] once closed.
     pub async fn connect(self: &Arc<Self>, addr: SocketAddr) -> Result<Arc<PeerConnection>> {
