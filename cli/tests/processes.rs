@@ -120,3 +120,44 @@ fn a_malformed_config_is_refused_with_the_field_named() {
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && error.contains("node_id"), "{error}");
 }
+
+#[test]
+fn a_node_serves_its_figures_as_prometheus_text() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().unwrap();
+    let address = free_addresses(1)[0];
+    let config = root.path().join("node.toml");
+    let text = format!(
+        "node_id = 1\nbind_addr = \"{address}\"\nwal_dir = \"{}\"\n",
+        root.path().join("node-1").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut node = Command::new(BINARY)
+        .args(["node", "--config"])
+        .arg(&config)
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let answer = std::net::TcpStream::connect(metrics).and_then(|mut stream| {
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: node\r\n\r\n")?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        match answer {
+            Ok(body) if body.contains("octopii_is_leader{node=\"1\"} 1") => break body,
+            _ => assert!(Instant::now() < deadline, "metrics within 15 s: {answer:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("# TYPE octopii_commit_index gauge"), "{body}");
+    node.kill().unwrap();
+    node.wait().unwrap();
+}
