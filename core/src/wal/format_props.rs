@@ -50,6 +50,9 @@ fn build(first_seq: u64, batches: &[Vec<RandomRecord>]) -> Fixture {
 /// `PROPTEST_CASES` raises the case count; the default keeps `cargo test`
 /// fast in debug builds.
 fn proptest_config(default_cases: u32) -> ProptestConfig {
+    // A test harness setting, read by the test only; never in the core's
+    // code paths.
+    #[allow(clippy::disallowed_methods)]
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok());
     ProptestConfig { cases: cases.unwrap_or(default_cases), ..ProptestConfig::default() }
 }
