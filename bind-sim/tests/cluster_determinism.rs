@@ -77,17 +77,20 @@ fn different_seeds_give_different_runs() {
     assert_ne!(scripted(1, false).0, scripted(1, true).0, "QUIC changes the run");
 }
 
+/// Runs the simulator binary with `args`; what it prints.
+fn run_command(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_octopii-sim"))
+        .args(args)
+        .output()
+        .expect("the simulator binary runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("the summary is text")
+}
+
 /// The binary prints the summary and hash; two processes must print the same.
 #[test]
 fn the_command_replays_a_seed_across_processes() {
-    let run = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_octopii-sim"))
-            .args(["cluster", "--seed", "9", "--ops", "100", "--faults", "full"])
-            .output()
-            .expect("the simulator binary runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("the summary is text")
-    };
+    let run = || run_command(&["cluster", "--seed", "9", "--ops", "100", "--faults", "full"]);
     let (first, second) = (run(), run());
     assert!(first.contains("trace hash"), "{first}");
     assert_eq!(first, second);
@@ -100,14 +103,7 @@ fn the_command_replays_a_seed_across_processes() {
 /// address-space layouts) give byte-identical datagrams.
 #[test]
 fn the_command_replays_a_quic_seed_across_processes() {
-    let run = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_octopii-sim"))
-            .args(["cluster", "--seed", "9", "--ops", "60", "--faults", "full", "--quic"])
-            .output()
-            .expect("the simulator binary runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("the summary is text")
-    };
+    let run = || run_command(&["cluster", "--seed", "9", "--ops", "60", "--faults", "full", "--quic"]);
     let (first, second) = (run(), run());
     assert!(first.contains("trace hash"), "{first}");
     assert_eq!(first, second);

@@ -47,25 +47,30 @@ impl StateMachineTrait for Bulky {
     }
 }
 
-/// Runs 200 writes of 6-byte commands on 3 nodes with a threshold of 10
-/// entries; the number of snapshots taken.
-fn snapshots_taken(state_bytes: usize) -> u64 {
-    let snapshots = Arc::new(AtomicU64::new(0));
-    let counter = snapshots.clone();
-    let config = ClusterConfig { seed: 5, snapshot_lag_threshold: 10, ..ClusterConfig::default() };
+/// A 3-node cluster of [`Bulky`] state machines of `state_bytes`, with a
+/// snapshot threshold of 10 entries, after `writes` writes of 6-byte
+/// commands; with the counts of snapshots taken and large restores.
+fn bulky_cluster(
+    seed: u64,
+    state_bytes: usize,
+    writes: usize,
+) -> (ClusterSim, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let (snapshots, restores) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counters = (snapshots.clone(), restores.clone());
     let factory = Box::new(move |_node| {
-        let snapshots = counter.clone();
-        Arc::new(Bulky { bytes: state_bytes, applied: Mutex::new(0), snapshots, restores: Arc::default() })
+        let (snapshots, restores) = counters.clone();
+        Arc::new(Bulky { bytes: state_bytes, applied: Mutex::new(0), snapshots, restores })
             as Arc<dyn StateMachineTrait>
     });
+    let config = ClusterConfig { seed, snapshot_lag_threshold: 10, ..ClusterConfig::default() };
     let mut sim = ClusterSim::with_state_machines(config, factory).expect("a valid config");
-    sim.set_replay(String::from("the snapshot policy test"));
-    for index in 0..200 {
+    sim.set_replay(format!("the snapshot policy test, seed {seed}"));
+    for index in 0..writes {
         let answer = sim.write(format!("op {index:03}").as_bytes(), Duration::from_secs(5));
         assert_eq!(answer, Ok(Ok(Bytes::from_static(b"OK"))));
     }
     assert!(sim.violation().is_none(), "{:?}", sim.violation());
-    snapshots.load(Ordering::Relaxed)
+    (sim, snapshots, restores)
 }
 
 #[test]
@@ -74,7 +79,8 @@ fn a_large_state_is_not_snapshotted_every_threshold_entries() {
     // 64 KiB of commands. Every 10 entries would be 20 per node, 60 in
     // all. (The simulator's state oracle takes a few snapshots of its own
     // to compare replicas.)
-    let taken = snapshots_taken(64 * 1024);
+    let (_sim, snapshots, _) = bulky_cluster(5, 64 * 1024, 200);
+    let taken = snapshots.load(Ordering::Relaxed);
     assert!((3..=10).contains(&taken), "{taken} snapshots on 3 nodes");
 }
 
@@ -82,20 +88,7 @@ fn a_large_state_is_not_snapshotted_every_threshold_entries() {
 fn a_snapshot_larger_than_a_log_entry_is_stored_in_parts_and_recovered() {
     // 9 MiB exceeds one log entry (8 MiB): the snapshot is written as part
     // records, and a node restarted after it rebuilds its state from them.
-    let config = ClusterConfig { seed: 7, snapshot_lag_threshold: 10, ..ClusterConfig::default() };
-    let (snapshots, restores) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let counters = (snapshots.clone(), restores.clone());
-    let factory = Box::new(move |_node| {
-        let (snapshots, restores) = counters.clone();
-        Arc::new(Bulky { bytes: 9 << 20, applied: Mutex::new(0), snapshots, restores })
-            as Arc<dyn StateMachineTrait>
-    });
-    let mut sim = ClusterSim::with_state_machines(config, factory).expect("a valid config");
-    sim.set_replay(String::from("the large snapshot test"));
-    for index in 0..30 {
-        let answer = sim.write(format!("op {index:03}").as_bytes(), Duration::from_secs(5));
-        assert_eq!(answer, Ok(Ok(Bytes::from_static(b"OK"))));
-    }
+    let (mut sim, snapshots, restores) = bulky_cluster(7, 9 << 20, 30);
     assert!(snapshots.load(Ordering::Relaxed) >= 3, "every node took its snapshot");
     for id in sim.node_ids() {
         assert!(sim.crash(id));

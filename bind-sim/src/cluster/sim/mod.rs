@@ -749,29 +749,30 @@ impl ClusterSim {
     }
 
     fn on_deliver(&mut self, from: u64, to: u64, message: Bytes) {
-        if !self.is_running(to) {
-            self.network.counts.undeliverable += 1;
-            return;
+        if self.arrives(from, to) {
+            self.feed(to, Input::Message { from, message });
         }
-        if !self.network.connected(from, to) {
-            self.network.counts.cut += 1;
-            return;
-        }
-        self.network.counts.delivered += 1;
-        self.feed(to, Input::Message { from, message });
     }
 
     fn on_datagram(&mut self, from: u64, to: u64, data: &[u8]) {
+        if self.arrives(from, to) {
+            self.feed(to, Input::Datagrams(vec![(node_address(from), BytesMut::from(data))]));
+        }
+    }
+
+    /// Whether something sent from `from` reaches `to` now (running, not
+    /// cut off), counted either way.
+    fn arrives(&mut self, from: u64, to: u64) -> bool {
         if !self.is_running(to) {
             self.network.counts.undeliverable += 1;
-            return;
+            return false;
         }
         if !self.network.connected(from, to) {
             self.network.counts.cut += 1;
-            return;
+            return false;
         }
         self.network.counts.delivered += 1;
-        self.feed(to, Input::Datagrams(vec![(node_address(from), BytesMut::from(data))]));
+        true
     }
 
     /// Starts the node's next disk operation if its disk is idle.
