@@ -37,6 +37,27 @@ async fn a_three_node_cluster_elects_replicates_and_survives_a_leader_restart() 
     cluster.read_everywhere("c", "3").await;
 }
 
+/// A commit index is written with the next records that need a sync, not
+/// synced on its own; a node stopped on purpose writes it as it stops, so
+/// it restarts, even alone, with every write it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_on_purpose_restarts_alone_with_all_it_applied() {
+    let mut cluster = Cluster::new(&[1, 2, 3]).await;
+    for index in 0..20 {
+        assert_eq!(cluster.propose(&format!("SET k{index} v{index}")).await, Bytes::from_static(b"OK"));
+    }
+    let leader = cluster.leader().await;
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for id in ids {
+        cluster.nodes.remove(&id).unwrap().shutdown().await;
+    }
+    // Alone it cannot be elected: what it answers is what it recovered.
+    cluster.start(leader, &[1, 2, 3]).await;
+    let node = &cluster.nodes[&leader];
+    let reply = node.call(Command::Query(Bytes::from_static(b"GET k19"))).await.unwrap();
+    assert_eq!(reply, Reply::Queried(Ok(Ok(Bytes::from_static(b"v19")))));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_requests_one_way_messages_and_timeouts_between_nodes() {
     let cluster = Cluster::new(&[1, 2]).await;

@@ -463,6 +463,9 @@ impl Kernel {
     /// are among the next outputs) and pending RPC requests fail.
     pub fn shutdown(&mut self, now: Instant) {
         if let Some(node) = &mut self.node {
+            if let Some(wal) = &mut self.wal {
+                node.flush_hard_state(now, wal);
+            }
             node.fail(NodeError::ShuttingDown);
         }
         if let Some(transport) = &mut self.transport {

@@ -202,6 +202,14 @@ impl Node {
         self.outputs.push_back(NodeOutput::Ready);
     }
 
+    /// Writes the latest commit index, which is otherwise written only with
+    /// the next records that need a sync (see [`Replica::flush_hard_state`]).
+    pub(crate) fn flush_hard_state(&mut self, now: Instant, wal: &mut Wal) {
+        if let (None, Some(replica)) = (&self.failed, &mut self.replica) {
+            replica.flush_hard_state(now, wal);
+        }
+    }
+
     /// Rebuilds the replica from the log read back after recovery.
     pub(crate) fn rebuild(&mut self, now: Instant, read: Result<Vec<WalEntry>, WalError>, wal: &mut Wal) {
         let records: Result<Vec<(u64, RaftRecord)>, NodeError> =

@@ -234,6 +234,12 @@ pub struct Replica {
     /// applied entry overwrote are found without scanning every proposal.
     proposal_indexes: BTreeSet<(u64, u64)>,
     unpersisted: VecDeque<Unpersisted>,
+    /// The hard state changed in memory (only its commit index: raft-rs
+    /// needs no sync for that) and is not in the WAL yet. It goes with the
+    /// next records that must be synced, so that a commit never costs a
+    /// sync of its own: such a sync would hold back the next proposal's.
+    /// Losing it in a crash is harmless; the commit index is learnt again.
+    hard_state_unwritten: bool,
     /// The WAL sequence number of a snapshot's record: once it is durable,
     /// segments before it hold nothing still needed.
     compaction: Option<u64>,
@@ -345,7 +351,12 @@ impl Replica {
                     }
                     store.append(vec![entry]);
                 }
-                RaftRecord::HardState(hard_state) => store.set_hard_state(hard_state),
+                RaftRecord::HardState(mut hard_state) => {
+                    // A commit index is written lazily; a snapshot's index
+                    // is committed whatever an older record says.
+                    hard_state.commit = hard_state.commit.max(store.snapshot_index());
+                    store.set_hard_state(hard_state);
+                }
                 RaftRecord::Snapshot(mut snapshot) => {
                     if snapshot.data.is_empty() && !parts.is_empty() {
                         snapshot.data = Bytes::from(parts.concat());
@@ -413,6 +424,7 @@ impl Replica {
             deadlines: BTreeSet::new(),
             proposal_indexes: BTreeSet::new(),
             unpersisted: VecDeque::new(),
+            hard_state_unwritten: false,
             compaction: None,
             snapshot_retry_at: 0,
             applied_bytes_since_snapshot: 0,
@@ -813,6 +825,13 @@ impl Replica {
             self.outputs.push_back(ReplicaOutput::Event(event));
         }
         ready.take_messages().into_iter().for_each(|message| self.send(message));
+        // Before anything is applied: a snapshot taken while applying
+        // writes the hard state, and must not write an older commit index
+        // than its own.
+        if let Some(hard_state) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hard_state.clone());
+            self.hard_state_unwritten = true;
+        }
         let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
         let snapshot_index = snapshot.as_ref().map(|snapshot| snapshot.get_metadata().index);
         if let Some(snapshot) = snapshot {
@@ -832,10 +851,10 @@ impl Replica {
             self.persist(now, wal, RaftRecord::encode_entry(entry));
         }
         self.raw.mut_store().append(entries);
-        if let Some(hard_state) = ready.hs() {
-            let hard_state = hard_state.clone();
-            self.persist(now, wal, RaftRecord::encode_hard_state(&hard_state));
-            self.raw.mut_store().set_hard_state(hard_state);
+        // New entries, a vote, a term or a snapshot must be durable before
+        // this Ready's messages leave; a new commit index alone need not be.
+        if ready.must_sync() {
+            self.write_hard_state(now, wal);
         }
         let messages = ready.take_persisted_messages();
         self.unpersisted.push_back(Unpersisted {
@@ -846,6 +865,20 @@ impl Replica {
         });
         self.raw.advance_append_async(ready);
         self.pin_election_timeout();
+    }
+
+    /// Writes the hard state if it changed since it was last written.
+    fn write_hard_state(&mut self, now: Instant, wal: &mut Wal) {
+        if std::mem::take(&mut self.hard_state_unwritten) {
+            let record = RaftRecord::encode_hard_state(self.raw.store().hard_state());
+            self.persist(now, wal, record);
+        }
+    }
+
+    /// Writes what is only in memory (the latest commit index), so that a
+    /// node stopped on purpose restarts with everything it applied.
+    pub fn flush_hard_state(&mut self, now: Instant, wal: &mut Wal) {
+        self.write_hard_state(now, wal);
     }
 
     fn apply(&mut self, now: Instant, wal: &mut Wal, entries: Vec<Entry>) {

@@ -43,6 +43,7 @@ impl Replica {
         for payload in payloads {
             self.persist(now, wal, payload);
         }
+        self.hard_state_unwritten = false;
     }
 
     /// Takes a snapshot and compacts the log once enough has been applied:
