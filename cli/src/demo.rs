@@ -137,12 +137,13 @@ pub async fn workload(
         let (running, prefix, value) = (running.clone(), prefix.to_owned(), value.to_owned());
         tasks.spawn(async move {
             let mut latencies = Vec::new();
+            let mut target = 0;
             for index in (client..writes).step_by(clients) {
                 let key = index % KEYS;
                 let command =
                     format!("SET {prefix}{key:0>width$} {value}", width = 8 - prefix.len()).into_bytes();
                 let started = Instant::now();
-                write(&running, command).await?;
+                write(&running, &mut target, command).await?;
                 latencies.push(started.elapsed());
             }
             anyhow::Ok(latencies)
@@ -155,16 +156,17 @@ pub async fn workload(
     Ok(latencies)
 }
 
-async fn write(nodes: &[Arc<OctopiiNode>], command: Vec<u8>) -> anyhow::Result<()> {
+/// Writes `command` through `nodes[*target]`, following not-leader answers;
+/// `target` is left at the node that took it, where the next write goes.
+async fn write(nodes: &[Arc<OctopiiNode>], target: &mut usize, command: Vec<u8>) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT;
-    let mut target = 0;
     loop {
-        match nodes[target % nodes.len()].propose(command.clone()).await {
+        match nodes[*target % nodes.len()].propose(command.clone()).await {
             Ok(_) => return Ok(()),
             Err(OctopiiError::Node(NodeError::NotLeader { leader })) => {
-                target = leader
+                *target = leader
                     .and_then(|leader| nodes.iter().position(|node| node.id() == leader))
-                    .unwrap_or(target + 1);
+                    .unwrap_or(*target + 1);
                 if leader.is_none() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
