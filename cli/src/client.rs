@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,23 +27,81 @@ pub struct ClusterArgs {
     /// Addresses of the cluster's nodes, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     peers: Vec<SocketAddr>,
+    #[command(flatten)]
+    identity: IdentityArgs,
+}
+
+/// How this command proves membership of the cluster's TLS world: a
+/// certificate from the development CA, or the operator's files.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
     /// The directory holding the nodes' data directories: its development
-    /// CA issues this client's certificate (in a directory removed on exit).
+    /// CA issues this command's certificate (in a directory removed on
+    /// exit).
     #[arg(long, default_value = ".")]
     cluster_dir: PathBuf,
     /// The cluster CA's certificate (production TLS).
     #[arg(long, requires_all = ["tls_cert", "tls_key", "client_id"])]
     tls_ca: Option<PathBuf>,
-    /// This client's certificate, for `node-<client-id>.octopii`.
+    /// This command's certificate, for `node-<client-id>.octopii`.
     #[arg(long, requires = "tls_ca")]
     tls_cert: Option<PathBuf>,
-    /// This client's private key.
+    /// This command's private key.
     #[arg(long, requires = "tls_ca")]
     tls_key: Option<PathBuf>,
-    /// The id this client's certificate names (random with the development
+    /// The id this command's certificate names (random with the development
     /// CA).
     #[arg(long)]
     client_id: Option<u64>,
+}
+
+/// Makes or reads this command's identity and opens an endpoint bound to
+/// `bind`. Also returns the per-run certificate directory made in the
+/// cluster directory (none with TLS files): hand both to
+/// [`close_transport`] when done.
+///
+/// # Errors
+///
+/// The certificate cannot be made or read, or `bind` cannot be bound.
+pub async fn open_transport(
+    args: &IdentityArgs,
+    bind: SocketAddr,
+) -> anyhow::Result<(Arc<QuicTransport>, Option<PathBuf>)> {
+    let id = args.client_id.unwrap_or_else(|| rand::random_range(1 << 62..1 << 63));
+    let (identity, identity_dir) = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            (load_identity(&args.cluster_dir, id, Some(&files))?, None)
+        }
+        _ => {
+            let dir = args.cluster_dir.join(format!("client-{id}"));
+            let identity = load_identity(&dir, id, None)
+                .with_context(|| format!("making a client certificate in {}", dir.display()));
+            let identity = identity.inspect_err(|_| remove_identity_dir(Some(&dir)))?;
+            (identity, Some(dir))
+        }
+    };
+    match QuicTransport::new(bind, transport_config(id, identity)).await {
+        Ok(transport) => Ok((Arc::new(transport), identity_dir)),
+        Err(error) => {
+            remove_identity_dir(identity_dir.as_deref());
+            Err(anyhow::Error::new(error).context(format!("opening an endpoint on {bind}")))
+        }
+    }
+}
+
+/// Closes `transport` and removes the per-run certificate directory that
+/// [`open_transport`] made, if any.
+pub async fn close_transport(transport: &QuicTransport, identity_dir: Option<PathBuf>) {
+    transport.close().await;
+    remove_identity_dir(identity_dir.as_deref());
+}
+
+/// Removes a per-run certificate directory; one already gone is fine.
+fn remove_identity_dir(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A connected client.
@@ -58,24 +116,11 @@ pub struct Client {
 impl Client {
     /// Makes or reads the client's identity and opens its endpoint.
     pub async fn connect(args: &ClusterArgs) -> anyhow::Result<Self> {
-        let id = args.client_id.unwrap_or_else(|| rand::random_range(1 << 62..1 << 63));
-        let (identity, identity_dir) = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-            (Some(ca), Some(cert), Some(key)) => {
-                let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
-                (load_identity(&args.cluster_dir, id, Some(&files))?, None)
-            }
-            _ => {
-                let dir = args.cluster_dir.join(format!("client-{id}"));
-                let identity = load_identity(&dir, id, None)
-                    .with_context(|| format!("making a client certificate in {}", dir.display()))?;
-                (identity, Some(dir))
-            }
-        };
         let bind: SocketAddr = match args.peers.first() {
             Some(SocketAddr::V6(_)) => "[::]:0".parse()?,
             _ => "0.0.0.0:0".parse()?,
         };
-        let transport = Arc::new(QuicTransport::new(bind, transport_config(id, identity)).await?);
+        let (transport, identity_dir) = open_transport(&args.identity, bind).await?;
         let rpc = RpcHandler::new(transport.clone());
         Ok(Self { transport, rpc, peers: args.peers.clone(), identity_dir })
     }
@@ -163,10 +208,7 @@ impl Client {
 
     /// Closes the endpoint and removes the client's certificate directory.
     pub async fn close(self) {
-        self.transport.close().await;
-        if let Some(dir) = self.identity_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        close_transport(&self.transport, self.identity_dir).await;
     }
 }
 
