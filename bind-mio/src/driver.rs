@@ -145,6 +145,12 @@ impl Driver {
         std::mem::take(&mut self.deliveries)
     }
 
+    /// The application took `bytes` of transfer bodies
+    /// ([`Delivery::ChunkData`]): transfers held back for them are read on.
+    pub fn deliveries_taken(&mut self, now: Instant, bytes: u64) {
+        self.kernel.handle_input(now, Input::DeliveriesTaken(bytes));
+    }
+
     /// Who executes the disk operations.
     pub fn executor(&self) -> &Executor {
         &self.executor

@@ -154,8 +154,13 @@ pub enum LoopError {
 }
 
 enum Request {
-    Command { command: Command, reply: ReplySink },
+    Command {
+        command: Command,
+        reply: ReplySink,
+    },
     Handler(RequestHandler),
+    /// The application took this many bytes of transfer bodies.
+    Taken(u64),
 }
 
 /// A running node. Every method may be called from any thread.
@@ -275,14 +280,22 @@ impl Node {
     }
 
     /// The next one-way message or data from a peer, waiting at most
-    /// `timeout`.
+    /// `timeout`. Transfer bodies are read from peers only as fast as this
+    /// takes them: at most
+    /// [`TransportConfig::delivered_bytes_max`](octopii_core::transport::TransportConfig::delivered_bytes_max)
+    /// wait here.
     pub fn recv_delivery(&self, timeout: Duration) -> Option<Delivery> {
         let mut guard = self.deliveries.lock().expect("delivery lock is never poisoned");
         let (channel, ready) = &mut *guard;
         if ready.is_empty() {
             ready.extend(channel.recv_timeout(timeout).ok()?);
         }
-        ready.pop_front()
+        let delivery = ready.pop_front();
+        if let Some(Delivery::ChunkData { data, .. }) = &delivery {
+            // A stopped node reads nothing more anyway.
+            let _ = self.send(Request::Taken(data.len() as u64));
+        }
+        delivery
     }
 
     /// Stops the node: pending requests fail, peers are told, then the
@@ -403,6 +416,7 @@ impl Loop {
             match self.requests.try_recv() {
                 Ok(Request::Command { command, reply }) => self.driver.command(now, command, reply),
                 Ok(Request::Handler(handler)) => self.driver.set_request_handler(handler),
+                Ok(Request::Taken(bytes)) => self.driver.deliveries_taken(now, bytes),
                 Err(mpsc::TryRecvError::Empty) => return true,
                 Err(mpsc::TryRecvError::Disconnected) => return false,
             }

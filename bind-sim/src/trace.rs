@@ -111,6 +111,7 @@ pub fn describe_input(input: &Input) -> String {
         Input::FileRead { transfer, result: Err(error) } => {
             format!("file read transfer={} {error}", transfer.0)
         }
+        Input::DeliveriesTaken(bytes) => format!("deliveries taken {bytes}"),
         Input::Timeout => String::from("timeout"),
     }
 }

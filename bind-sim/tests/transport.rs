@@ -527,3 +527,57 @@ fn a_dial_by_address_fails_for_an_impostor_another_ca_or_nobody() {
     }
     assert!(net.node(1).peer_status(2).is_none() && net.node(1).peer_status(3).is_none());
 }
+
+/// A receiver that does not take what it was given is not given more:
+/// with a 1 MiB delivery budget, an 8 MiB transfer stops after about
+/// 1 MiB (the rest waits at the sender, held back by QUIC's flow control)
+/// and goes on, whole and verified, as the receiver takes its pieces.
+#[test]
+fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
+    const BUDGET: u64 = 1 << 20;
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let identity = ca.identity(2, seed(7, 2)).unwrap();
+    let mut receiver = config(2, identity, &[1, 2], 1);
+    receiver.delivered_bytes_max = Some(BUDGET);
+    net.add(2, Transport::new(receiver).unwrap());
+    let content: Vec<u8> = (0..8_000_000u32).map(|index| (index * 13 % 251) as u8).collect();
+    let now = net.now;
+    net.node(1).send_chunk(now, 5, 2, ChunkSource::Memory(Bytes::from(content.clone())));
+    let mut outputs_1 = Vec::new();
+    let mut outputs_2 = Vec::new();
+    net.run_for(Duration::from_secs(2));
+    outputs_1.extend(net.take(1));
+    outputs_2.extend(net.take(2));
+    let (held, result) = received_body(&outputs_2);
+    assert_eq!(result, None, "the transfer cannot have finished");
+    assert!(!outputs_1.iter().any(|output| matches!(output, TransportOutput::ChunkSent { .. })));
+    assert!(
+        (BUDGET / 2..=BUDGET).contains(&(held.len() as u64)),
+        "{} bytes delivered against a budget of {BUDGET}",
+        held.len()
+    );
+
+    // The reader takes what it holds, a piece at a time, and what follows.
+    let mut taken = 0;
+    for _ in 0..10_000 {
+        let (body, _) = received_body(&outputs_2);
+        let now = net.now;
+        net.node(2).deliveries_taken(now, (body.len() - taken) as u64);
+        taken = body.len();
+        net.run_for(Duration::from_millis(5));
+        outputs_1.extend(net.take(1));
+        outputs_2.extend(net.take(2));
+        if outputs_1.iter().any(|output| matches!(output, TransportOutput::ChunkSent { .. })) {
+            break;
+        }
+    }
+    let (body, result) = received_body(&outputs_2);
+    assert_eq!(result, Some(Ok(content.len() as u64)));
+    assert!(body == content, "the body arrived whole and in order");
+    let sent = outputs_1.iter().find_map(|output| match output {
+        TransportOutput::ChunkSent { ticket: 5, result } => Some(result.clone()),
+        _ => None,
+    });
+    assert!(matches!(sent, Some(Ok(_))), "{sent:?}");
+}

@@ -52,6 +52,8 @@ enum Request {
         reply: ReplySink,
     },
     Handler(RequestHandler),
+    /// The application took this many bytes of transfer bodies.
+    Taken(u64),
     /// Stop the loop; the sender is dropped once it has stopped.
     Stop(oneshot::Sender<()>),
 }
@@ -67,9 +69,10 @@ pub struct NodeLoop {
     local_addr: SocketAddr,
     requests: mpsc::Sender<Request>,
     /// Unbounded, like the mio node's: a dropped piece of a transfer would
-    /// leave the receiver with a body its verdict calls verified. Reading
-    /// a transfer only as fast as the application consumes it is the
-    /// missing backpressure (see the issue notes).
+    /// leave the receiver with a body its verdict calls verified. Transfer
+    /// bodies are bounded instead at the source: the kernel reads no more
+    /// of them while `TransportConfig::delivered_bytes_max` bytes wait here
+    /// ([`NodeLoop::recv_delivery`] reports what it takes).
     deliveries: Mutex<mpsc::UnboundedReceiver<Delivery>>,
     task: JoinHandle<()>,
     /// The runtime the node's task runs on.
@@ -195,9 +198,16 @@ impl NodeLoop {
 
     /// The next one-way message, data or transfer piece from a peer; `None`
     /// once the node has stopped. Nothing is dropped: what is not read
-    /// waits in memory.
+    /// waits in memory, transfer bodies up to
+    /// [`TransportConfig::delivered_bytes_max`] (the node reads no more of
+    /// them from peers until this takes some).
     pub async fn recv_delivery(&self) -> Option<Delivery> {
-        self.deliveries.lock().await.recv().await
+        let delivery = self.deliveries.lock().await.recv().await;
+        if let Some(Delivery::ChunkData { data, .. }) = &delivery {
+            // A stopped node reads nothing more anyway.
+            let _ = self.send(Request::Taken(data.len() as u64)).await;
+        }
+        delivery
     }
 
     /// Stops the node as [`NodeLoop::shutdown`] does, from a shared handle;
@@ -345,6 +355,7 @@ impl Loop {
         match request {
             Request::Command { command, reply } => self.driver.command(now, command, reply),
             Request::Handler(handler) => self.driver.set_request_handler(handler),
+            Request::Taken(bytes) => self.driver.deliveries_taken(now, bytes),
             Request::Stop(done) => {
                 self.stopped.push(done);
                 return false;

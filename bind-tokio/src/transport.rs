@@ -145,6 +145,9 @@ impl QuicTransport {
     pub async fn new(bind_addr: SocketAddr, mut config: TransportConfig) -> Result<Self> {
         config.announce_inbound = true;
         config.chunk_bytes_max = config.chunk_bytes_max.min(MEMORY_TRANSFER_BYTES_MAX);
+        // The router takes every piece at once, into the body it returns
+        // whole (at most MEMORY_TRANSFER_BYTES_MAX per transfer).
+        config.delivered_bytes_max = None;
         let mut node = NodeLoop::start_transport(bind_addr, config)?;
         let deliveries = node.take_deliveries();
         let routes = Arc::new(Routes { peers: SyncMutex::new(Some(BTreeMap::new())) });

@@ -256,3 +256,42 @@ async fn a_slow_reader_loses_no_piece_of_a_transfer() {
     }
     assert!(received == body, "{} of {} bytes arrived", received.len(), body.len());
 }
+
+/// A receiver that does not read holds its sender back: with a 1 MiB
+/// delivery budget, a 16 MiB transfer waits (in QUIC's flow control, not
+/// in the receiver's memory) until the receiver reads, then finishes whole
+/// and verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_does_not_read_holds_its_sender_back() {
+    use octopii_core::transport::chunk::ChunkSource;
+    let mut cluster = Cluster::new(&[1]).await;
+    let mut options = cluster.options(2, &[]);
+    options.transport.delivered_bytes_max = Some(1 << 20);
+    cluster.nodes.insert(2, NodeLoop::start(options).await.unwrap());
+    cluster.exchange_addresses().await;
+    let cluster = std::sync::Arc::new(cluster);
+
+    let body: Vec<u8> = (0..16u32 << 20).map(|index| (index % 253) as u8).collect();
+    let source = ChunkSource::Memory(Bytes::from(body.clone()));
+    let sender = cluster.clone();
+    let sending =
+        tokio::spawn(async move { sender.nodes[&1].call(Command::SendChunk { to: 2, source }).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!sending.is_finished(), "the transfer finished while nobody read it");
+
+    let mut received = Vec::with_capacity(body.len());
+    loop {
+        let delivery = tokio::time::timeout(WAIT, cluster.nodes[&2].recv_delivery()).await.unwrap().unwrap();
+        match delivery {
+            Delivery::ChunkData { data, .. } => received.extend_from_slice(&data),
+            Delivery::ChunkReceived { result, .. } => {
+                assert_eq!(result, Ok(body.len() as u64));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(received == body, "{} of {} bytes arrived", received.len(), body.len());
+    let reply = tokio::time::timeout(WAIT, sending).await.unwrap().unwrap().unwrap();
+    assert!(matches!(reply, Reply::ChunkSent(Ok(_))), "{reply:?}");
+}

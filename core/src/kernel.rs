@@ -268,6 +268,10 @@ pub enum Input {
         /// The bytes read and the file's length, or why the read failed.
         result: Result<FileRead, IoError>,
     },
+    /// The application took this many bytes of
+    /// [`Delivery::ChunkData`](crate::transport::Delivery::ChunkData) (see
+    /// [`TransportConfig::delivered_bytes_max`](crate::transport::TransportConfig::delivered_bytes_max)).
+    DeliveriesTaken(u64),
     /// The time from [`Kernel::poll_timeout`] has been reached.
     Timeout,
 }
@@ -548,6 +552,11 @@ impl Kernel {
             Input::FileRead { transfer, result } => {
                 if let Some(transport) = &mut self.transport {
                     transport.handle_file_read(now, transfer, result);
+                }
+            }
+            Input::DeliveriesTaken(bytes) => {
+                if let Some(transport) = &mut self.transport {
+                    transport.deliveries_taken(now, bytes);
                 }
             }
             Input::Timeout => {

@@ -538,20 +538,38 @@ impl Incoming {
         self.decoder.purpose()
     }
 
-    /// Reads what has arrived; `out` gets what it means.
-    pub(crate) fn read(&mut self, connection: &mut quinn_proto::Connection, out: &mut Vec<Received>) {
+    /// Reads what has arrived, at most `budget` bytes of an application
+    /// body; `out` gets what it means. Returns whether it stopped at the
+    /// budget (bytes may be left unread).
+    pub(crate) fn read(
+        &mut self,
+        connection: &mut quinn_proto::Connection,
+        mut budget: usize,
+        out: &mut Vec<Received>,
+    ) -> bool {
         if self.done {
-            return;
+            return false;
         }
         let mut failure = None;
         let mut ended = false;
+        let mut paused = false;
         let mut events = Vec::new();
         {
             let mut stream = connection.recv_stream(self.stream);
-            let Ok(mut chunks) = stream.read(true) else { return };
+            let Ok(mut chunks) = stream.read(true) else { return false };
             loop {
-                match chunks.next(CHUNK_PIECE_BYTES) {
+                // Raft bodies are collected here, not delivered: no budget.
+                let limited = self.decoder.purpose() == Purpose::Application;
+                if limited && budget == 0 {
+                    paused = true;
+                    break;
+                }
+                let max = if limited { budget.min(CHUNK_PIECE_BYTES) } else { CHUNK_PIECE_BYTES };
+                match chunks.next(max) {
                     Ok(Some(chunk)) => {
+                        if limited {
+                            budget -= chunk.bytes.len();
+                        }
                         if let Err(error) = self.decoder.push(chunk.bytes, &mut events) {
                             failure = Some(error);
                             break;
@@ -581,7 +599,7 @@ impl Incoming {
             self.answer(connection, STATUS_ERROR);
             let _ = connection.recv_stream(self.stream).stop(VarInt::from_u32(u32::from(STATUS_ERROR)));
             out.push(Received::Finished { result: Err(error), raft: None });
-            return;
+            return false;
         }
         if let Some(result) = self.decoder.finish() {
             let status = match &result {
@@ -593,6 +611,7 @@ impl Incoming {
             let raft = self.decoder.take_raft_body();
             out.push(Received::Finished { result, raft });
         }
+        paused
     }
 
     fn answer(&mut self, connection: &mut quinn_proto::Connection, status: u8) {

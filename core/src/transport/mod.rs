@@ -103,6 +103,12 @@ pub struct TransportConfig {
     pub max_transmit_segments: usize,
     /// Largest transfer body accepted from a peer. Default 1 TiB.
     pub chunk_bytes_max: u64,
+    /// Bytes of transfer bodies handed out as [`Delivery::ChunkData`] and
+    /// not yet reported taken ([`Transport::deliveries_taken`]); while this
+    /// many are out, incoming transfers are not read, and QUIC's flow
+    /// control holds their senders back. `None`: no limit (for a reader
+    /// that takes every piece as it comes). Default 64 MiB.
+    pub delivered_bytes_max: Option<u64>,
     /// Whether each peer that dials this node and proves its identity is
     /// announced with [`Delivery::Connected`] (for an application that
     /// accepts connections). Default false.
@@ -132,6 +138,7 @@ impl TransportConfig {
             reconnect_delay_max: Duration::from_secs(2),
             max_transmit_segments: 1,
             chunk_bytes_max: 1 << 40,
+            delivered_bytes_max: Some(64 << 20),
             announce_inbound: false,
         }
     }
@@ -455,6 +462,12 @@ pub struct Transport {
     transfers: BTreeMap<TransferId, (ConnectionHandle, StreamId)>,
     next_transfer: u64,
     chunk_bytes_max: u64,
+    /// See [`TransportConfig::delivered_bytes_max`].
+    delivered_bytes_max: Option<u64>,
+    /// Body bytes delivered and not yet reported taken.
+    delivered_unread: u64,
+    /// Incoming transfers left unread while too much was delivered.
+    paused: BTreeSet<(ConnectionHandle, StreamId)>,
     announce_inbound: bool,
     outputs: VecDeque<TransportOutput>,
     buffer: Vec<u8>,
@@ -566,6 +579,9 @@ impl Transport {
             transfers: BTreeMap::new(),
             next_transfer: 0,
             chunk_bytes_max: config.chunk_bytes_max,
+            delivered_bytes_max: config.delivered_bytes_max,
+            delivered_unread: 0,
+            paused: BTreeSet::new(),
             announce_inbound: config.announce_inbound,
             outputs: VecDeque::new(),
             buffer: Vec::new(),
@@ -737,6 +753,27 @@ impl Transport {
     pub fn send_chunk(&mut self, now: Instant, ticket: u64, to: u64, source: ChunkSource) {
         self.queue_transfer(now, Some(ticket), to, source, Purpose::Application);
         self.drive_dirty(now);
+    }
+
+    /// The application took `bytes` of [`Delivery::ChunkData`]: incoming
+    /// transfers paused by [`TransportConfig::delivered_bytes_max`] are
+    /// read again once there is room.
+    pub fn deliveries_taken(&mut self, now: Instant, bytes: u64) {
+        self.delivered_unread = self.delivered_unread.saturating_sub(bytes);
+        while self.read_budget() > 0
+            && let Some((handle, stream)) = self.paused.pop_first()
+        {
+            let Some(mut connection) = self.connections.remove(&handle) else { continue };
+            self.read_incoming(&mut connection, handle, stream);
+            self.connections.insert(handle, connection);
+            self.dirty.insert(handle);
+        }
+        self.drive_dirty(now);
+    }
+
+    /// How many more body bytes may be delivered now.
+    fn read_budget(&self) -> u64 {
+        self.delivered_bytes_max.map_or(u64::MAX, |max| max.saturating_sub(self.delivered_unread))
     }
 
     /// A read asked for by [`TransportOutput::ReadFile`] finished.
@@ -1108,21 +1145,25 @@ impl Transport {
     }
 
     /// Takes the transfers an identified peer has opened.
-    fn accept_transfers(&mut self, connection: &mut Connection) {
+    fn accept_transfers(&mut self, connection: &mut Connection, handle: ConnectionHandle) {
         let (true, Some(from)) = (connection.identified, connection.peer) else { return };
         while let Some(stream) = connection.quinn.streams().accept(Dir::Bi) {
             let transfer = TransferId(self.next_transfer);
             self.next_transfer += 1;
             connection.incoming.insert(stream, Incoming::new(transfer, from, stream, self.chunk_bytes_max));
-            self.read_incoming(connection, stream);
+            self.read_incoming(connection, handle, stream);
         }
     }
 
-    /// Reads an incoming transfer and reports what it produced.
-    fn read_incoming(&mut self, connection: &mut Connection, stream: StreamId) {
+    /// Reads an incoming transfer, as far as the delivery budget allows,
+    /// and reports what it produced.
+    fn read_incoming(&mut self, connection: &mut Connection, handle: ConnectionHandle, stream: StreamId) {
         let Some(incoming) = connection.incoming.get_mut(&stream) else { return };
         let mut received = Vec::new();
-        incoming.read(&mut connection.quinn, &mut received);
+        let budget = usize::try_from(self.read_budget()).unwrap_or(usize::MAX);
+        if incoming.read(&mut connection.quinn, budget, &mut received) {
+            self.paused.insert((handle, stream));
+        }
         let (transfer, from, purpose) = (incoming.transfer, incoming.from, incoming.purpose());
         if incoming.is_done() {
             connection.incoming.remove(&stream);
@@ -1133,6 +1174,7 @@ impl Transport {
                     TransportOutput::Delivery(Delivery::ChunkIncoming { from, transfer, size })
                 }
                 (Received::Data(data), _) => {
+                    self.delivered_unread += data.len() as u64;
                     TransportOutput::Delivery(Delivery::ChunkData { transfer, data })
                 }
                 (Received::Finished { raft: Some(message), .. }, _) => {
@@ -1320,10 +1362,10 @@ impl Transport {
             }
             // Transfers of a peer not yet identified wait in quinn (bounded by
             // the stream limit) until its hello arrives on the other stream.
-            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.accept_transfers(connection),
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.accept_transfers(connection, handle),
             Event::Stream(StreamEvent::Readable { id }) => {
                 if connection.incoming.contains_key(&id) {
-                    self.read_incoming(connection, id);
+                    self.read_incoming(connection, handle, id);
                 } else if let Some(outgoing) = connection.outgoing.get_mut(&id) {
                     if let Some(result) = outgoing.read_status(&mut connection.quinn, now) {
                         self.finish_outgoing(connection, id, result);
@@ -1442,7 +1484,7 @@ impl Transport {
                             connection.enqueue(Frame::Hello { node_id: self.node_id }.encode());
                         }
                         self.identified(now, handle, connection, node_id);
-                        self.accept_transfers(connection);
+                        self.accept_transfers(connection, handle);
                     }
                     Err(reason) => {
                         self.fail_dial(connection, address, reason.clone());
