@@ -242,18 +242,7 @@ async fn a_slow_reader_loses_no_piece_of_a_transfer() {
     let source = ChunkSource::Memory(Bytes::from(body.clone()));
     let reply = cluster.nodes[&1].call(Command::SendChunk { to: 2, source }).await.unwrap();
     assert!(matches!(reply, Reply::ChunkSent(Ok(_))), "{reply:?}");
-    let mut received = Vec::with_capacity(body.len());
-    loop {
-        let delivery = tokio::time::timeout(WAIT, cluster.nodes[&2].recv_delivery()).await.unwrap().unwrap();
-        match delivery {
-            Delivery::ChunkData { data, .. } => received.extend_from_slice(&data),
-            Delivery::ChunkReceived { result, .. } => {
-                assert_eq!(result, Ok(body.len() as u64));
-                break;
-            }
-            _ => {}
-        }
-    }
+    let received = receive_body(&cluster.nodes[&2]).await;
     assert!(received == body, "{} of {} bytes arrived", received.len(), body.len());
 }
 
@@ -279,19 +268,23 @@ async fn a_receiver_that_does_not_read_holds_its_sender_back() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!sending.is_finished(), "the transfer finished while nobody read it");
 
-    let mut received = Vec::with_capacity(body.len());
+    let received = receive_body(&cluster.nodes[&2]).await;
+    assert!(received == body, "{} of {} bytes arrived", received.len(), body.len());
+    let reply = tokio::time::timeout(WAIT, sending).await.unwrap().unwrap().unwrap();
+    assert!(matches!(reply, Reply::ChunkSent(Ok(_))), "{reply:?}");
+}
+
+/// The body of the next transfer `node` receives, once verified.
+async fn receive_body(node: &NodeLoop) -> Vec<u8> {
+    let mut received = Vec::new();
     loop {
-        let delivery = tokio::time::timeout(WAIT, cluster.nodes[&2].recv_delivery()).await.unwrap().unwrap();
-        match delivery {
+        match tokio::time::timeout(WAIT, node.recv_delivery()).await.unwrap().unwrap() {
             Delivery::ChunkData { data, .. } => received.extend_from_slice(&data),
             Delivery::ChunkReceived { result, .. } => {
-                assert_eq!(result, Ok(body.len() as u64));
-                break;
+                assert_eq!(result, Ok(received.len() as u64));
+                return received;
             }
             _ => {}
         }
     }
-    assert!(received == body, "{} of {} bytes arrived", received.len(), body.len());
-    let reply = tokio::time::timeout(WAIT, sending).await.unwrap().unwrap().unwrap();
-    assert!(matches!(reply, Reply::ChunkSent(Ok(_))), "{reply:?}");
 }
