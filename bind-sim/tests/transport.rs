@@ -532,6 +532,7 @@ fn a_dial_by_address_fails_for_an_impostor_another_ca_or_nobody() {
 /// with a 1 MiB delivery budget, an 8 MiB transfer stops after about
 /// 1 MiB (the rest waits at the sender, held back by QUIC's flow control)
 /// and goes on, whole and verified, as the receiver takes its pieces.
+/// Raft's own transfers (large messages, snapshots) are not held back.
 #[test]
 fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
     const BUDGET: u64 = 1 << 20;
@@ -557,6 +558,13 @@ fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
         "{} bytes delivered against a budget of {BUDGET}",
         held.len()
     );
+    let snapshot = Bytes::from(vec![9u8; RAFT_INLINE_BYTES_MAX + 1]);
+    let now = net.now;
+    net.node(1).send_raft(now, 2, snapshot.clone());
+    net.run_for(Duration::from_secs(1));
+    outputs_1.extend(net.take(1));
+    outputs_2.extend(net.take(2));
+    assert!(raft_from(&outputs_2) == [(1, snapshot)], "the Raft message arrived while the budget was spent");
 
     // The reader takes what it holds, a piece at a time, and what follows.
     let mut taken = 0;

@@ -468,7 +468,7 @@ impl Kernel {
     pub fn shutdown(&mut self, now: Instant) {
         if let Some(node) = &mut self.node {
             if let Some(wal) = &mut self.wal {
-                node.flush_hard_state(now, wal);
+                node.write_hard_state(now, wal);
             }
             node.fail(NodeError::ShuttingDown);
         }

@@ -203,10 +203,10 @@ impl Node {
     }
 
     /// Writes the latest commit index, which is otherwise written only with
-    /// the next records that need a sync (see [`Replica::flush_hard_state`]).
-    pub(crate) fn flush_hard_state(&mut self, now: Instant, wal: &mut Wal) {
+    /// the next records that need a sync (see [`Replica::write_hard_state`]).
+    pub(crate) fn write_hard_state(&mut self, now: Instant, wal: &mut Wal) {
         if let (None, Some(replica)) = (&self.failed, &mut self.replica) {
-            replica.flush_hard_state(now, wal);
+            replica.write_hard_state(now, wal);
         }
     }
 

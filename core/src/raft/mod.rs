@@ -867,18 +867,15 @@ impl Replica {
         self.pin_election_timeout();
     }
 
-    /// Writes the hard state if it changed since it was last written.
-    fn write_hard_state(&mut self, now: Instant, wal: &mut Wal) {
+    /// Writes the hard state if it changed since it was last written. Its
+    /// commit index alone is written only with the next records that need
+    /// a sync; writing it when the node is stopped on purpose makes it
+    /// restart with everything it applied.
+    pub fn write_hard_state(&mut self, now: Instant, wal: &mut Wal) {
         if std::mem::take(&mut self.hard_state_unwritten) {
             let record = RaftRecord::encode_hard_state(self.raw.store().hard_state());
             self.persist(now, wal, record);
         }
-    }
-
-    /// Writes what is only in memory (the latest commit index), so that a
-    /// node stopped on purpose restarts with everything it applied.
-    pub fn flush_hard_state(&mut self, now: Instant, wal: &mut Wal) {
-        self.write_hard_state(now, wal);
     }
 
     fn apply(&mut self, now: Instant, wal: &mut Wal, entries: Vec<Entry>) {

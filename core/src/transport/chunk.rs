@@ -390,6 +390,12 @@ impl ChunkDecoder {
         self.purpose
     }
 
+    /// Whether the header (purpose and size) has arrived and been accepted.
+    #[must_use]
+    pub fn header_read(&self) -> bool {
+        self.size.is_some()
+    }
+
     /// Whether all of the transfer, digest included, has arrived.
     #[must_use]
     pub fn is_complete(&self) -> bool {
@@ -558,17 +564,22 @@ impl Incoming {
             let mut stream = connection.recv_stream(self.stream);
             let Ok(mut chunks) = stream.read(true) else { return false };
             loop {
-                // Raft bodies are collected here, not delivered: no budget.
-                let limited = self.decoder.purpose() == Purpose::Application;
-                if limited && budget == 0 {
+                // The header says whom the body is for; a Raft body is
+                // collected here, not delivered, and has no budget.
+                let limited = self.decoder.header_read() && self.decoder.purpose() == Purpose::Application;
+                let max = match (self.decoder.header_read(), limited) {
+                    (false, _) => CHUNK_HEADER_BYTES,
+                    (true, true) => budget.min(CHUNK_PIECE_BYTES),
+                    (true, false) => CHUNK_PIECE_BYTES,
+                };
+                if max == 0 {
                     paused = true;
                     break;
                 }
-                let max = if limited { budget.min(CHUNK_PIECE_BYTES) } else { CHUNK_PIECE_BYTES };
                 match chunks.next(max) {
                     Ok(Some(chunk)) => {
                         if limited {
-                            budget -= chunk.bytes.len();
+                            budget = budget.saturating_sub(chunk.bytes.len());
                         }
                         if let Err(error) = self.decoder.push(chunk.bytes, &mut events) {
                             failure = Some(error);
