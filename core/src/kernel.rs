@@ -269,7 +269,7 @@ pub enum Input {
         result: Result<FileRead, IoError>,
     },
     /// The application took this many bytes of
-    /// [`Delivery::ChunkData`](crate::transport::Delivery::ChunkData) (see
+    /// [`Delivery::ChunkData`] (see
     /// [`TransportConfig::delivered_bytes_max`](crate::transport::TransportConfig::delivered_bytes_max)).
     DeliveriesTaken(u64),
     /// The time from [`Kernel::poll_timeout`] has been reached.

@@ -466,7 +466,7 @@ impl Replica {
     }
 
     /// The WAL sequence number that must be durable before the replica
-    /// takes requests (see [`encode_context`]).
+    /// takes requests; it tells this run's requests from earlier runs'.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
