@@ -45,9 +45,15 @@ async fn leader_index(nodes: &[OctopiiNode]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_get_clear_errors_and_the_cluster_goes_on() {
+    // Where the test got to, for the output of a run that hangs (one did,
+    // once, under load; nextest ends it after 10 minutes).
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[{:.2?}] {what}", started.elapsed());
     let root = tempfile::tempdir().unwrap();
     let nodes = cluster(root.path()).await;
+    step("cluster started");
     let leader = &nodes[leader_index(&nodes).await];
+    step("leader found");
     leader.propose(b"SET before bad-input".to_vec()).await.unwrap();
 
     // A proposal on a follower names the leader.
@@ -63,6 +69,7 @@ async fn refused_requests_get_clear_errors_and_the_cluster_goes_on() {
         Err(OctopiiError::Node(NodeError::NotLeader { .. }))
     ));
 
+    step("follower answers checked");
     // Unknown node ids.
     assert!(matches!(leader.promote_learner(99).await, Err(OctopiiError::NodeNotFound(99))));
     assert!(matches!(leader.is_learner_caught_up(99).await, Err(OctopiiError::NodeNotFound(99))));
@@ -71,12 +78,14 @@ async fn refused_requests_get_clear_errors_and_the_cluster_goes_on() {
     assert!(leader.force_snapshot_to_peer(99).await.is_err());
     assert_eq!(leader.peer_progress(99).await, None);
 
+    step("unknown ids checked");
     // Commands the state machine refuses, and one too large to propose.
     let rejected = leader.propose(b"FROB x".to_vec()).await;
     assert!(matches!(rejected, Err(OctopiiError::Rejected(_))), "{rejected:?}");
     let huge = leader.propose(vec![b'x'; 64 << 20]).await;
     assert!(matches!(huge, Err(OctopiiError::Node(NodeError::TooLarge { .. }))), "{huge:?}");
 
+    step("refusals checked");
     // The cluster goes on, with everything acknowledged before.
     leader.propose(b"SET after bad-input".to_vec()).await.unwrap();
     for node in &nodes {
@@ -88,9 +97,11 @@ async fn refused_requests_get_clear_errors_and_the_cluster_goes_on() {
         assert_eq!(node.query(b"GET before").await.unwrap(), "bad-input");
         assert_eq!(node.conf_state().await.voters, [1, 2, 3]);
     }
+    step("last write applied everywhere");
     for node in &nodes {
         node.shutdown();
     }
+    step("nodes shut down");
     assert!(matches!(leader.propose(b"SET late x".to_vec()).await, Err(OctopiiError::Shutdown)));
     assert!(matches!(leader.status().await, Err(OctopiiError::Shutdown)));
 }
