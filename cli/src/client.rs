@@ -116,11 +116,8 @@ pub struct Client {
 impl Client {
     /// Makes or reads the client's identity and opens its endpoint.
     pub async fn connect(args: &ClusterArgs) -> anyhow::Result<Self> {
-        let bind: SocketAddr = match args.peers.first() {
-            Some(SocketAddr::V6(_)) => "[::]:0".parse()?,
-            _ => "0.0.0.0:0".parse()?,
-        };
-        let (transport, identity_dir) = open_transport(&args.identity, bind).await?;
+        let first = *args.peers.first().context("no peer address given")?;
+        let (transport, identity_dir) = open_transport(&args.identity, wildcard_like(first)).await?;
         let rpc = RpcHandler::new(transport.clone());
         Ok(Self { transport, rpc, peers: args.peers.clone(), identity_dir })
     }
@@ -226,5 +223,14 @@ fn print_status(address: SocketAddr, status: &NodeStatus) {
     );
     for (peer, progress) in &status.progress {
         println!("  peer {peer}: matched {}, next {}", progress.matched, progress.next);
+    }
+}
+
+/// The unspecified address of `target`'s family, port 0: where a client
+/// of `target` binds.
+pub fn wildcard_like(target: SocketAddr) -> SocketAddr {
+    match target {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     }
 }

@@ -210,12 +210,22 @@ async fn run_node(path: PathBuf, metrics_addr: Option<SocketAddr>) -> anyhow::Re
         println!("metrics on http://{}/metrics", listener.local_addr()?);
         tokio::spawn(metrics::serve(listener, node.clone()));
     }
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = terminate.recv() => {}
-    }
+    shutdown_signal()?.await;
     println!("node {} stopping", node.id());
     node.shutdown();
     Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed at once, so
+/// a signal from then on is caught even before the future is polled.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -22,7 +22,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-use crate::client::{IdentityArgs, close_transport, open_transport};
+use crate::client::{IdentityArgs, close_transport, open_transport, wildcard_like};
+use crate::shutdown_signal;
 
 /// How often the progress line is updated.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -385,29 +386,6 @@ fn mib(bytes: u64) -> f64 {
 
 fn mib_per_second(bytes: u64, elapsed: Duration) -> f64 {
     if elapsed.is_zero() { 0.0 } else { mib(bytes) / elapsed.as_secs_f64() }
-}
-
-/// The unspecified address of `target`'s family, port 0: where a sender
-/// binds.
-fn wildcard_like(target: SocketAddr) -> SocketAddr {
-    match target {
-        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM. The handlers are installed at once, so
-/// a signal from then on is caught even before the future is polled.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }
 
 /// The path of the `k`th body written to `out` (counting from 1).

@@ -93,8 +93,12 @@ impl LogStore {
         self.snapshot_wanted.replace(false)
     }
 
-    /// Records a new hard state.
-    pub fn set_hard_state(&mut self, hard_state: HardState) {
+    /// Records a new hard state. Its commit index is never taken below the
+    /// snapshot's: a commit index is written lazily, so a record read back
+    /// after a snapshot's may be older than it, but what a snapshot holds
+    /// is committed.
+    pub fn set_hard_state(&mut self, mut hard_state: HardState) {
+        hard_state.commit = hard_state.commit.max(self.snapshot_index());
         self.hard_state = hard_state;
     }
 

@@ -351,12 +351,7 @@ impl Replica {
                     }
                     store.append(vec![entry]);
                 }
-                RaftRecord::HardState(mut hard_state) => {
-                    // A commit index is written lazily; a snapshot's index
-                    // is committed whatever an older record says.
-                    hard_state.commit = hard_state.commit.max(store.snapshot_index());
-                    store.set_hard_state(hard_state);
-                }
+                RaftRecord::HardState(hard_state) => store.set_hard_state(hard_state),
                 RaftRecord::Snapshot(mut snapshot) => {
                     if snapshot.data.is_empty() && !parts.is_empty() {
                         snapshot.data = Bytes::from(parts.concat());
