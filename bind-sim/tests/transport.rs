@@ -16,7 +16,8 @@ use octopii_core::transport::rpc::{
 };
 use octopii_core::transport::tls::{DevCa, TlsIdentity};
 use octopii_core::transport::{
-    Delivery, RAFT_INLINE_BYTES_MAX, Transport, TransportConfig, TransportEvent, TransportOutput,
+    Delivery, RAFT_INLINE_BYTES_MAX, Transport, TransportConfig, TransportConfigError, TransportEvent,
+    TransportOutput,
 };
 use std::sync::Arc;
 
@@ -588,4 +589,23 @@ fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
         _ => None,
     });
     assert!(matches!(sent, Some(Ok(_))), "{sent:?}");
+}
+
+#[test]
+fn an_mtu_bound_outside_what_udp_carries_is_refused() {
+    let ca = ca(1);
+    for bound in [0, 1199, 65_528] {
+        let mut config = config(1, ca.identity(1, seed(1, 1)).unwrap(), &[], 1);
+        config.mtu_max = bound;
+        let error = Transport::new(config).unwrap_err();
+        assert!(
+            matches!(&error, TransportConfigError::Invalid { field: "mtu_max", .. }),
+            "{bound}: {error}"
+        );
+    }
+    for bound in [1200, 65_527] {
+        let mut config = config(1, ca.identity(1, seed(1, 1)).unwrap(), &[], 1);
+        config.mtu_max = bound;
+        assert!(Transport::new(config).is_ok(), "{bound}");
+    }
 }

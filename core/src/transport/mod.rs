@@ -67,6 +67,13 @@ const TRANSMIT_MOVE_BYTES_MIN: usize = 4096;
 
 /// Application close codes.
 const CLOSE_SHUTDOWN: u32 = 0;
+/// The UDP payload every connection starts with (QUIC's minimum).
+const INITIAL_MTU: u16 = 1200;
+/// The largest UDP payload over IPv6.
+const UDP_PAYLOAD_IPV6_MAX: u16 = 65_527;
+/// The largest UDP payload over IPv4 (its header is 20 bytes longer).
+const UDP_PAYLOAD_IPV4_MAX: usize = 65_507;
+
 const CLOSE_PROTOCOL: u32 = 1;
 pub(crate) const CLOSE_DUPLICATE: u32 = 2;
 const CLOSE_IDENTITY: u32 = 3;
@@ -99,8 +106,15 @@ pub struct TransportConfig {
     /// Longest delay between dials. Default 2 s.
     pub reconnect_delay_max: Duration,
     /// Datagrams one [`Transmit`] may carry (the socket's GSO segment
-    /// count). Default 1.
+    /// count). Default 1. Fewer are sent together when their sizes would
+    /// pass one UDP payload.
     pub max_transmit_segments: usize,
+    /// Largest UDP payload path MTU discovery tries, from 1200 to 65527.
+    /// Each connection starts at 1200 bytes and probes upwards; a size the
+    /// path drops is not used, so a high bound is safe on any network and
+    /// pays where the path allows it (jumbo frames, loopback). Default 8952:
+    /// a 9000-byte jumbo frame less IPv6 and UDP headers.
+    pub mtu_max: u16,
     /// Largest transfer body accepted from a peer. Default 1 TiB.
     pub chunk_bytes_max: u64,
     /// Bytes of transfer bodies handed out as [`Delivery::ChunkData`] and
@@ -137,6 +151,7 @@ impl TransportConfig {
             reconnect_delay_min: Duration::from_millis(20),
             reconnect_delay_max: Duration::from_secs(2),
             max_transmit_segments: 1,
+            mtu_max: 8952,
             chunk_bytes_max: 1 << 40,
             delivered_bytes_max: Some(64 << 20),
             announce_inbound: false,
@@ -358,6 +373,9 @@ pub struct LinkStats {
     pub sent_packets: u64,
     /// Packets declared lost.
     pub lost_packets: u64,
+    /// The largest UDP payload the path carries, as MTU discovery found
+    /// so far.
+    pub mtu: u16,
 }
 
 impl From<quinn_proto::ConnectionStats> for LinkStats {
@@ -369,6 +387,7 @@ impl From<quinn_proto::ConnectionStats> for LinkStats {
             received_bytes: stats.udp_rx.bytes,
             sent_packets: stats.path.sent_packets,
             lost_packets: stats.path.lost_packets,
+            mtu: stats.path.current_mtu,
         }
     }
 }
@@ -516,6 +535,13 @@ impl Transport {
             .keep_alive_interval(Some(config.keep_alive_interval))
             .max_concurrent_uni_streams(VarInt::from_u32(1))
             .max_concurrent_bidi_streams(VarInt::from_u32(CONCURRENT_TRANSFERS_MAX));
+        if !(INITIAL_MTU..=UDP_PAYLOAD_IPV6_MAX).contains(&config.mtu_max) {
+            let range = format!("{} is not within {INITIAL_MTU}..={UDP_PAYLOAD_IPV6_MAX}", config.mtu_max);
+            return Err(invalid("mtu_max", range));
+        }
+        let mut mtu = quinn_proto::MtuDiscoveryConfig::default();
+        mtu.upper_bound(config.mtu_max);
+        transport.mtu_discovery_config(Some(mtu));
         let transport = Arc::new(transport);
 
         let mut rng = ChaCha20Rng::from_seed(config.seed);
@@ -530,6 +556,10 @@ impl Transport {
         let reset_secret = ring::digest::digest(&ring::digest::SHA256, config.identity.key.secret_der());
         let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret.as_ref());
         let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
+        // Peers send datagrams as large as this node accepts, and no larger.
+        endpoint_config
+            .max_udp_payload_size(config.mtu_max)
+            .map_err(|error| invalid("mtu_max", error.to_string()))?;
         let cid_seed = Mutex::new(ChaCha20Rng::from_seed(draw()));
         endpoint_config.rng_seed(Some(draw())).cid_generator(move || {
             let mut seeds = cid_seed.lock().expect("the generator seed lock is never poisoned");
@@ -1272,8 +1302,10 @@ impl Transport {
         }
         loop {
             self.buffer.clear();
-            let Some(transmit) =
-                connection.quinn.poll_transmit(now, self.max_transmit_segments, &mut self.buffer)
+            // One send's datagrams travel as one UDP payload (GSO).
+            let fit = UDP_PAYLOAD_IPV4_MAX / usize::from(connection.quinn.current_mtu());
+            let segments = self.max_transmit_segments.min(fit).max(1);
+            let Some(transmit) = connection.quinn.poll_transmit(now, segments, &mut self.buffer)
             else {
                 break;
             };
