@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use octopii_core::transport::PeerStatus;
 use octopii_core::transport::rpc::{
     OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError,
 };
-use octopii_core::transport::PeerStatus;
 use octopii_core::{Command, Reply};
 use octopii_mio::driver::Delivery;
 

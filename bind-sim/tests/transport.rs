@@ -598,10 +598,7 @@ fn an_mtu_bound_outside_what_udp_carries_is_refused() {
         let mut config = config(1, ca.identity(1, seed(1, 1)).unwrap(), &[], 1);
         config.mtu_max = bound;
         let error = Transport::new(config).unwrap_err();
-        assert!(
-            matches!(&error, TransportConfigError::Invalid { field: "mtu_max", .. }),
-            "{bound}: {error}"
-        );
+        assert!(matches!(&error, TransportConfigError::Invalid { field: "mtu_max", .. }), "{bound}: {error}");
     }
     for bound in [1200, 65_527] {
         let mut config = config(1, ca.identity(1, seed(1, 1)).unwrap(), &[], 1);

@@ -1305,8 +1305,7 @@ impl Transport {
             // One send's datagrams travel as one UDP payload (GSO).
             let fit = UDP_PAYLOAD_IPV4_MAX / usize::from(connection.quinn.current_mtu());
             let segments = self.max_transmit_segments.min(fit).max(1);
-            let Some(transmit) = connection.quinn.poll_transmit(now, segments, &mut self.buffer)
-            else {
+            let Some(transmit) = connection.quinn.poll_transmit(now, segments, &mut self.buffer) else {
                 break;
             };
             self.push_transmit(&transmit);
