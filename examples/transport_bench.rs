@@ -465,16 +465,18 @@ impl Cluster {
             let threads_before = thread_cpu("octopii-node");
             let cpu = process_cpu();
             let started = Instant::now();
-            let mut answers = Vec::new();
-            for &peer in peers {
-                let (reply, answer) = mpsc::sync_channel(1);
-                let command = Command::SendChunk { to: peer, source: ChunkSource::File(path.to_path_buf()) };
-                self.nodes[&1].submit(command, Box::new(move |result| drop(reply.send(result))))?;
-                answers.push((peer, answer));
-            }
-            for (peer, answer) in answers {
-                match answer.recv_timeout(STALL_TIMEOUT)? {
-                    Reply::ChunkSent(Ok(report)) if report.bytes == size => {}
+            let (reply, answer) = mpsc::sync_channel(1);
+            let command = Command::SendChunkToMany {
+                to: peers.to_vec(),
+                source: ChunkSource::File(path.to_path_buf()),
+            };
+            self.nodes[&1].submit(command, Box::new(move |result| drop(reply.send(result))))?;
+            let Reply::ChunksSent(outcomes) = answer.recv_timeout(STALL_TIMEOUT * peers.len() as u32)? else {
+                return Err("node 1 answered with another reply".into());
+            };
+            for (peer, outcome) in outcomes {
+                match outcome {
+                    Ok(report) if report.bytes == size => {}
                     other => return Err(format!("transfer to node {peer} failed: {other:?}").into()),
                 }
             }

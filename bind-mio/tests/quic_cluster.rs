@@ -113,20 +113,9 @@ fn a_one_gib_file_reaches_two_peers_verified_by_sha256() {
     let expected = expected.finalize();
 
     let started = Instant::now();
-    let receivers: Vec<_> = [2u64, 3]
-        .into_iter()
-        .map(|peer| {
-            let (reply, answer) = std::sync::mpsc::sync_channel(1);
-            let source = ChunkSource::File(path.clone());
-            cluster.nodes[&1]
-                .submit(
-                    Command::SendChunk { to: peer, source },
-                    Box::new(move |result| drop(reply.send(result))),
-                )
-                .unwrap();
-            (peer, answer)
-        })
-        .collect();
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let command = Command::SendChunkToMany { to: vec![2, 3], source: ChunkSource::File(path.clone()) };
+    cluster.nodes[&1].submit(command, Box::new(move |result| drop(reply.send(result)))).unwrap();
     let mut digests = BTreeMap::new();
     for peer in [2u64, 3] {
         let node = &cluster.nodes[&peer];
@@ -151,10 +140,10 @@ fn a_one_gib_file_reaches_two_peers_verified_by_sha256() {
         assert_eq!(received, size);
         digests.insert(peer, hasher.finalize());
     }
-    for (peer, answer) in receivers {
-        let reply = answer.recv_timeout(WAIT).unwrap();
-        let Reply::ChunkSent(Ok(report)) = reply else { panic!("transfer to {peer} failed: {reply:?}") };
-        assert_eq!(report.bytes, size);
+    let Reply::ChunksSent(outcomes) = answer.recv_timeout(WAIT).unwrap() else { panic!("another reply") };
+    assert_eq!(outcomes.iter().map(|(peer, _)| *peer).collect::<Vec<_>>(), [2, 3]);
+    for (peer, outcome) in outcomes {
+        assert_eq!(outcome.map(|report| report.bytes), Ok(size), "transfer to {peer}");
         assert!(digests[&peer] == expected, "node {peer} received other bytes");
         // Loopback carries 64 KiB datagrams: MTU discovery goes past
         // Ethernet's 1472 bytes to the configured bound. Several datagrams

@@ -383,7 +383,7 @@ fn a_file_is_sent_piece_by_piece_and_verified() {
     let path = std::path::PathBuf::from("/data/file.bin");
     let files = BTreeMap::from([(path.clone(), content.clone())]);
     let now = net.now;
-    net.node(1).send_chunk(now, 5, 2, ChunkSource::File(path));
+    net.node(1).send_chunk(now, &[(5, 2)], ChunkSource::File(path));
     let mut outputs_1 = Vec::new();
     let mut outputs_2 = Vec::new();
     for _ in 0..10_000 {
@@ -440,7 +440,7 @@ fn a_transfer_above_the_receivers_limit_is_refused() {
     net.add(2, Transport::new(small).unwrap());
     let now = net.now;
     net.node(1).update_peer_addr(now, 2, address(2));
-    net.node(1).send_chunk(now, 8, 2, ChunkSource::Memory(Bytes::from(vec![1u8; 1001])));
+    net.node(1).send_chunk(now, &[(8, 2)], ChunkSource::Memory(Bytes::from(vec![1u8; 1001])));
     net.run_for(Duration::from_secs(1));
     let sent = net.take(1).into_iter().find_map(|output| match output {
         TransportOutput::ChunkSent { ticket: 8, result } => Some(result),
@@ -545,7 +545,7 @@ fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
     net.add(2, Transport::new(receiver).unwrap());
     let content: Vec<u8> = (0..8_000_000u32).map(|index| (index * 13 % 251) as u8).collect();
     let now = net.now;
-    net.node(1).send_chunk(now, 5, 2, ChunkSource::Memory(Bytes::from(content.clone())));
+    net.node(1).send_chunk(now, &[(5, 2)], ChunkSource::Memory(Bytes::from(content.clone())));
     let mut outputs_1 = Vec::new();
     let mut outputs_2 = Vec::new();
     net.run_for(Duration::from_secs(2));
@@ -605,4 +605,114 @@ fn an_mtu_bound_outside_what_udp_carries_is_refused() {
         config.mtu_max = bound;
         assert!(Transport::new(config).is_ok(), "{bound}");
     }
+}
+
+/// Node 1 sends one file to nodes 2 and 3 with one call. The first
+/// transfer's reads are served from `first`; the second's from `second`,
+/// and, with `second_waits`, only once the first has ended (so it starts
+/// after the whole body has been hashed).
+fn send_to_two(first: &[u8], second: &[u8], second_waits: bool) -> TwoPeerRun {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2, 3]);
+    let path = std::path::PathBuf::from("/data/file.bin");
+    let now = net.now;
+    net.node(1).send_chunk(now, &[(5, 2), (6, 3)], ChunkSource::File(path));
+    let mut first_transfer = None;
+    let mut held = Vec::new();
+    let mut outcomes = BTreeMap::new();
+    let (mut outputs_2, mut outputs_3) = (Vec::new(), Vec::new());
+    for _ in 0..20_000 {
+        net.run_for(Duration::from_millis(1));
+        let mut rest = Vec::new();
+        for output in net.take(1) {
+            match output {
+                TransportOutput::ReadFile { transfer, offset, len, .. } => {
+                    let is_first = *first_transfer.get_or_insert(transfer) == transfer;
+                    let file = if is_first { first } else { second };
+                    if !is_first && second_waits && !outcomes.contains_key(&5) {
+                        held.push((transfer, offset, len));
+                        continue;
+                    }
+                    let start = (offset as usize).min(file.len());
+                    let end = (start + len).min(file.len());
+                    let data = Bytes::copy_from_slice(&file[start..end]);
+                    let now = net.now;
+                    net.node(1).handle_file_read(
+                        now,
+                        transfer,
+                        Ok(FileRead { data, file_len: file.len() as u64 }),
+                    );
+                }
+                TransportOutput::ChunkSent { ticket, result } => {
+                    outcomes.insert(ticket, result.map(|report| report.bytes));
+                }
+                other => rest.push(other),
+            }
+        }
+        if outcomes.contains_key(&5) {
+            for (transfer, offset, len) in held.drain(..) {
+                let start = (offset as usize).min(second.len());
+                let end = (start + len).min(second.len());
+                let data = Bytes::copy_from_slice(&second[start..end]);
+                let now = net.now;
+                net.node(1).handle_file_read(
+                    now,
+                    transfer,
+                    Ok(FileRead { data, file_len: second.len() as u64 }),
+                );
+            }
+        }
+        net.received.entry(1).or_default().extend(rest);
+        outputs_2.extend(net.take(2));
+        outputs_3.extend(net.take(3));
+        if outcomes.len() == 2 {
+            break;
+        }
+    }
+    TwoPeerRun {
+        outcomes,
+        body_2: received_body(&outputs_2).0,
+        body_3: received_body(&outputs_3).0,
+        hashed: net.nodes[&1].stats().chunk_bytes_hashed,
+    }
+}
+
+/// What [`send_to_two`] saw.
+struct TwoPeerRun {
+    /// Each ticket's outcome (5: to node 2, 6: to node 3).
+    outcomes: BTreeMap<u64, Result<u64, TransferError>>,
+    body_2: Vec<u8>,
+    body_3: Vec<u8>,
+    /// Body bytes node 1 hashed.
+    hashed: u64,
+}
+
+#[test]
+fn a_file_sent_to_two_peers_at_once_is_hashed_once_and_verified_by_both() {
+    let content: Vec<u8> = (0..1_000_000u32).map(|index| (index * 13 % 251) as u8).collect();
+    let size = content.len() as u64;
+    for second_waits in [false, true] {
+        let TwoPeerRun { outcomes, body_2, body_3, hashed } = send_to_two(&content, &content, second_waits);
+        assert_eq!(outcomes, BTreeMap::from([(5, Ok(size)), (6, Ok(size))]), "second waits: {second_waits}");
+        assert!(body_2 == content && body_3 == content, "both bodies arrived intact");
+        assert_eq!(hashed, size, "the body was hashed once (second waits: {second_waits})");
+    }
+}
+
+#[test]
+fn a_file_that_changes_between_two_peers_reads_fails_the_later_transfer() {
+    let content: Vec<u8> = (0..300_000u32).map(|index| (index * 13 % 251) as u8).collect();
+    let size = content.len() as u64;
+    // Same length, other bytes: the shared digest is the first reading's,
+    // so the second receiver refuses what it got.
+    let mut rewritten = content.clone();
+    rewritten[200_000] ^= 0xFF;
+    let TwoPeerRun { outcomes, body_2, .. } = send_to_two(&content, &rewritten, true);
+    assert_eq!(outcomes[&5], Ok(size));
+    assert!(body_2 == content);
+    assert_eq!(outcomes[&6], Err(TransferError::ChecksumMismatch));
+    // Another length: the second transfer stops at its first read.
+    let TwoPeerRun { outcomes, .. } = send_to_two(&content, &content[..100_000], true);
+    assert_eq!(outcomes[&5], Ok(size));
+    assert_eq!(outcomes[&6], Err(TransferError::SourceChanged { expected: size }));
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use octopii_core::transport::chunk::{ChunkSource, TransferId};
+use octopii_core::transport::chunk::{ChunkSource, TransferId, TransferReport};
 use octopii_core::transport::rpc::{
     OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcRequest, RpcResponse,
 };
@@ -215,30 +215,50 @@ impl QuicTransport {
     }
 
     /// Sends `chunk` to every node in `peers` at once, each transfer on a
-    /// stream of its own, and returns one result per peer, in order.
+    /// stream of its own and at its own pace, and returns one result per
+    /// peer, in order. The body's SHA-256 is computed once for all of them
+    /// (a file must not change while it is sent: a peer whose reads see
+    /// other bytes than the first reader's reports a checksum mismatch).
     pub async fn transfer_chunk_to_peers(
         self: &Arc<Self>,
         chunk: &ChunkSource,
         peers: &[SocketAddr],
     ) -> Vec<TransferResult> {
-        let mut transfers = tokio::task::JoinSet::new();
+        let started = Instant::now();
+        let mut dials = tokio::task::JoinSet::new();
         for (index, &address) in peers.iter().enumerate() {
-            let (transport, chunk) = (self.clone(), chunk.clone());
-            transfers.spawn(async move {
-                let started = Instant::now();
-                let sent = match transport.connect(address).await {
-                    Ok(peer) => peer.send_chunk_verified(&chunk).await,
-                    Err(error) => Err(error),
-                };
-                (index, transfer_result(address, sent, started.elapsed()))
-            });
+            let transport = self.clone();
+            dials.spawn(async move { (index, transport.connect(address).await) });
         }
         let mut results: Vec<Option<TransferResult>> = vec![None; peers.len()];
-        while let Some(joined) = transfers.join_next().await {
-            let (index, result) = joined.expect("a transfer task does not panic");
-            results[index] = Some(result);
+        // Who is reached: (index in `peers`, node id).
+        let mut reached = Vec::new();
+        while let Some(joined) = dials.join_next().await {
+            match joined.expect("a dial task does not panic") {
+                (index, Ok(peer)) => reached.push((index, peer.peer)),
+                (index, Err(error)) => {
+                    results[index] = Some(transfer_result(peers[index], Err(error), started.elapsed()));
+                }
+            }
         }
-        results.into_iter().map(|result| result.expect("every transfer reports")).collect()
+        let command = Command::SendChunkToMany {
+            to: reached.iter().map(|&(_, id)| id).collect(),
+            source: chunk.clone(),
+        };
+        let outcomes: Vec<Result<TransferReport>> = match self.node.call(command).await {
+            Ok(Reply::ChunksSent(outcomes)) => {
+                outcomes.into_iter().map(|(_, outcome)| outcome.map_err(OctopiiError::from)).collect()
+            }
+            Ok(_) => unreachable!("a transfer command is answered with ChunksSent"),
+            // The only failure: the transport has closed.
+            Err(_) => reached.iter().map(|_| Err(OctopiiError::Shutdown)).collect(),
+        };
+        for ((index, _), outcome) in reached.into_iter().zip(outcomes) {
+            let duration = outcome.as_ref().map_or_else(|_| started.elapsed(), |report| report.duration);
+            results[index] =
+                Some(transfer_result(peers[index], outcome.map(|report| report.bytes), duration));
+        }
+        results.into_iter().map(|result| result.expect("every peer has a result")).collect()
     }
 
     /// Stops the endpoint: connections close (peers are told), pending

@@ -150,6 +150,16 @@ pub enum Command {
         /// What to send.
         source: ChunkSource,
     },
+    /// Send a file or bytes to several peers at once, each on a stream of
+    /// its own and at its own pace; the body's SHA-256 is computed once
+    /// for all of them. Answered with [`Reply::ChunksSent`] once every
+    /// transfer has ended.
+    SendChunkToMany {
+        /// The peers.
+        to: Vec<u64>,
+        /// What to send.
+        source: ChunkSource,
+    },
     /// Set where a peer listens; answered with [`Reply::Sent`].
     UpdatePeerAddr {
         /// The peer.
@@ -200,6 +210,9 @@ pub enum Reply {
     Sent(Result<(), RpcError>),
     /// The transfer's outcome.
     ChunkSent(Result<TransferReport, TransferError>),
+    /// Each peer's transfer outcome, in the order of
+    /// [`Command::SendChunkToMany`]'s peers.
+    ChunksSent(Vec<(u64, Result<TransferReport, TransferError>)>),
     /// The id of the node at the address dialed.
     Connected(Result<u64, RpcError>),
     /// The peer's address and connection; `None` for a node never heard
@@ -351,6 +364,14 @@ pub(crate) enum Ticket {
     FormationDial(SocketAddr),
     /// Cluster formation changing the membership.
     FormationChange,
+    /// One peer's transfer of a caller's [`Command::SendChunkToMany`]:
+    /// its place in the command's list.
+    Fanout {
+        /// The command.
+        id: CommandId,
+        /// The peer's index in its list.
+        slot: usize,
+    },
     /// A client operation of peer `peer`, request `id`.
     Client {
         /// The peer asking.
@@ -383,6 +404,14 @@ pub enum KernelConfigError {
     },
 }
 
+/// How one transfer ended.
+type TransferOutcome = Result<TransferReport, TransferError>;
+
+/// Why a transfer cannot start on a kernel without a transport.
+fn no_transport() -> TransferError {
+    TransferError::Unreachable("no transport configured".into())
+}
+
 /// A node's state machine. See the module documentation for the loop.
 #[derive(Debug)]
 pub struct Kernel {
@@ -399,6 +428,8 @@ pub struct Kernel {
     durable_waiters: VecDeque<DurableWaiter>,
     tickets: BTreeMap<u64, Ticket>,
     next_ticket: u64,
+    /// Each peer's outcome of a [`Command::SendChunkToMany`] still running.
+    fanouts: BTreeMap<CommandId, Vec<(u64, Option<TransferOutcome>)>>,
     outputs: VecDeque<Output>,
 }
 
@@ -511,6 +542,7 @@ impl Kernel {
             durable_waiters: VecDeque::new(),
             tickets: BTreeMap::new(),
             next_ticket: 0,
+            fanouts: BTreeMap::new(),
             outputs: VecDeque::new(),
         };
         kernel.collect(None);
@@ -747,6 +779,7 @@ impl Kernel {
                 | Command::SendOneWay { .. }
                 | Command::SendData { .. }
                 | Command::SendChunk { .. }
+                | Command::SendChunkToMany { .. }
                 | Command::UpdatePeerAddr { .. }
                 | Command::Connect(_)
                 | Command::PeerStatus(_)
@@ -757,8 +790,9 @@ impl Kernel {
         let Some(transport) = &mut self.transport else {
             let reply = match command {
                 Command::Request { .. } => Reply::Response(Err(RpcError::NoTransport)),
-                Command::SendChunk { .. } => {
-                    Reply::ChunkSent(Err(TransferError::Unreachable("no transport configured".into())))
+                Command::SendChunk { .. } => Reply::ChunkSent(Err(no_transport())),
+                Command::SendChunkToMany { to, .. } => {
+                    Reply::ChunksSent(to.into_iter().map(|peer| (peer, Err(no_transport()))).collect())
                 }
                 Command::Connect(_) => Reply::Connected(Err(RpcError::NoTransport)),
                 Command::PeerStatus(_) => Reply::Peer(None),
@@ -786,7 +820,21 @@ impl Kernel {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
                 self.tickets.insert(ticket, Ticket::Command(id));
-                transport.send_chunk(now, ticket, to, source);
+                transport.send_chunk(now, &[(ticket, to)], source);
+            }
+            Command::SendChunkToMany { to, source } => {
+                if to.is_empty() {
+                    self.reply(id, Reply::ChunksSent(Vec::new()));
+                    return None;
+                }
+                let mut targets = Vec::with_capacity(to.len());
+                for (slot, &peer) in to.iter().enumerate() {
+                    targets.push((self.next_ticket, peer));
+                    self.tickets.insert(self.next_ticket, Ticket::Fanout { id, slot });
+                    self.next_ticket += 1;
+                }
+                self.fanouts.insert(id, to.into_iter().map(|peer| (peer, None)).collect());
+                transport.send_chunk(now, &targets, source);
             }
             Command::UpdatePeerAddr { node, address } => {
                 transport.update_peer_addr(now, node, address);
@@ -862,6 +910,19 @@ impl Kernel {
             }
             TransportOutput::ChunkSent { ticket, result } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::ChunkSent(result)),
+                Some(Ticket::Fanout { id, slot }) => {
+                    let outcomes =
+                        self.fanouts.get_mut(&id).expect("a fanout lives until all its transfers end");
+                    outcomes[slot].1 = Some(result);
+                    if outcomes.iter().all(|(_, outcome)| outcome.is_some()) {
+                        let outcomes = self.fanouts.remove(&id).expect("looked up above");
+                        let outcomes = outcomes
+                            .into_iter()
+                            .map(|(peer, outcome)| (peer, outcome.expect("checked above")))
+                            .collect();
+                        self.reply(id, Reply::ChunksSent(outcomes));
+                    }
+                }
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
             },
             TransportOutput::ClientRequest { from, id, operation, data } => {

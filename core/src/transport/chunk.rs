@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -125,6 +126,74 @@ enum Body {
     File { path: PathBuf, read_offset: u64, reading: bool },
 }
 
+/// The SHA-256 of one body, shared by the transfers that send it to
+/// several peers at once, so that it is computed once: each piece is
+/// hashed by whichever transfer reads it first. Every transfer reads its
+/// body in order, in the same pieces, from the start, so none is ever
+/// ahead of what has been hashed.
+#[derive(Clone, Default)]
+pub(crate) struct SharedDigest(Arc<Mutex<BodyDigest>>);
+
+#[derive(Default)]
+struct BodyDigest {
+    hasher: Sha256,
+    /// Body bytes hashed, from the start.
+    hashed: u64,
+    /// The size the first transfer to learn it saw.
+    size: Option<u64>,
+    /// Set once the whole body is hashed.
+    digest: Option<Bytes>,
+}
+
+impl std::fmt::Debug for SharedDigest {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = self.0.lock().expect("a digest lock is never poisoned");
+        formatter
+            .debug_struct("SharedDigest")
+            .field("hashed", &body.hashed)
+            .field("size", &body.size)
+            .finish()
+    }
+}
+
+impl SharedDigest {
+    /// The digest of an in-memory body, and the bytes this call hashed.
+    fn of_memory(&self, data: &Bytes) -> (u64, Bytes) {
+        let mut body = self.0.lock().expect("a digest lock is never poisoned");
+        if let Some(digest) = &body.digest {
+            return (0, digest.clone());
+        }
+        let digest = Bytes::copy_from_slice(&Sha256::digest(data));
+        body.digest = Some(digest.clone());
+        (data.len() as u64, digest)
+    }
+
+    /// Takes the file piece at `offset` of a body of `size` bytes, as one
+    /// transfer read it: the bytes this call hashed, and the digest once
+    /// the piece ends the body.
+    fn piece(&self, offset: u64, data: &[u8], size: u64) -> Result<(u64, Option<Bytes>), TransferError> {
+        let mut body = self.0.lock().expect("a digest lock is never poisoned");
+        if *body.size.get_or_insert(size) != size || offset > body.hashed {
+            // Another transfer of the same file saw it with another length.
+            return Err(TransferError::SourceChanged { expected: body.size.unwrap_or(size) });
+        }
+        let mut hashed = 0;
+        if offset == body.hashed {
+            body.hasher.update(data);
+            hashed = data.len() as u64;
+            body.hashed += hashed;
+        }
+        if offset + data.len() as u64 != size {
+            return Ok((hashed, None));
+        }
+        let body = &mut *body;
+        let digest = body
+            .digest
+            .get_or_insert_with(|| Bytes::copy_from_slice(&std::mem::take(&mut body.hasher).finalize()));
+        Ok((hashed, Some(digest.clone())))
+    }
+}
+
 /// A transfer this node sends.
 pub(crate) struct Outgoing {
     pub(crate) transfer: TransferId,
@@ -133,9 +202,12 @@ pub(crate) struct Outgoing {
     body: Body,
     purpose: Purpose,
     size: Option<u64>,
-    /// Body bytes hashed (read, for files).
-    hashed: u64,
-    hasher: Sha256,
+    digest: SharedDigest,
+    /// Body bytes this transfer hashed itself (others of the same body
+    /// hashed the rest).
+    pub(crate) hashed: u64,
+    /// Whether the digest is queued behind the body.
+    sealed: bool,
     /// Bytes for QUIC, in order (header, pieces, digest).
     pending: VecDeque<Bytes>,
     finished: bool,
@@ -148,6 +220,7 @@ impl Outgoing {
         ticket: Option<u64>,
         stream: StreamId,
         source: ChunkSource,
+        digest: SharedDigest,
         purpose: Purpose,
         now: Instant,
     ) -> Self {
@@ -165,8 +238,9 @@ impl Outgoing {
             body,
             purpose,
             size: None,
+            digest,
             hashed: 0,
-            hasher: Sha256::new(),
+            sealed: false,
             pending: VecDeque::new(),
             finished: false,
             started: now,
@@ -184,19 +258,15 @@ impl Outgoing {
         header.extend_from_slice(&size.to_be_bytes());
         self.pending.push_back(header.into());
         if let Body::Memory(data) = &self.body {
-            self.hasher.update(data);
-            self.hashed = size;
+            let (hashed, digest) = self.digest.of_memory(data);
+            self.hashed = hashed;
             let mut rest = data.clone();
             while !rest.is_empty() {
                 self.pending.push_back(rest.split_to(rest.len().min(CHUNK_PIECE_BYTES)));
             }
-            self.seal();
+            self.pending.push_back(digest);
+            self.sealed = true;
         }
-    }
-
-    fn seal(&mut self) {
-        let digest = std::mem::take(&mut self.hasher).finalize();
-        self.pending.push_back(Bytes::copy_from_slice(&digest));
     }
 
     /// The next file read to ask for, if the window has room.
@@ -238,14 +308,15 @@ impl Outgoing {
         if read.file_len != size || (read.data.len() as u64) != expected {
             return Err(TransferError::SourceChanged { expected: size });
         }
+        let (hashed, digest) = self.digest.piece(*read_offset, &read.data, size)?;
+        self.hashed += hashed;
         *read_offset += expected;
-        self.hasher.update(&read.data);
-        self.hashed += expected;
         if !read.data.is_empty() {
             self.pending.push_back(read.data);
         }
-        if self.hashed == size {
-            self.seal();
+        if let Some(digest) = digest {
+            self.pending.push_back(digest);
+            self.sealed = true;
         }
         Ok(())
     }
@@ -265,8 +336,7 @@ impl Outgoing {
                 Err(error) => return Err(TransferError::Interrupted(error.to_string())),
             }
         }
-        let sealed = self.size.is_some_and(|size| self.hashed == size);
-        if sealed && !self.finished {
+        if self.sealed && !self.finished {
             stream.finish().map_err(|error| TransferError::Interrupted(error.to_string()))?;
             self.finished = true;
         }

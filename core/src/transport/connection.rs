@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes};
 use quinn_proto::{Dir, StreamId, VarInt};
 
 use super::CLOSE_DUPLICATE;
-use super::chunk::{ChunkSource, Incoming, Outgoing, Purpose, TransferId};
+use super::chunk::{ChunkSource, Incoming, Outgoing, Purpose, SharedDigest, TransferId};
 use super::frame::FrameDecoder;
 
 /// One QUIC connection and what rides on it.
@@ -55,6 +55,8 @@ pub(crate) struct PendingTransfer {
     pub(crate) transfer: TransferId,
     pub(crate) ticket: Option<u64>,
     pub(crate) source: ChunkSource,
+    /// Shared with the transfers of the same body to other peers.
+    pub(crate) digest: SharedDigest,
     pub(crate) purpose: Purpose,
 }
 

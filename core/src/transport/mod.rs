@@ -38,7 +38,8 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use self::chunk::{
-    ChunkSource, FileRead, Incoming, Outgoing, Purpose, Received, TransferError, TransferId, TransferReport,
+    ChunkSource, FileRead, Incoming, Outgoing, Purpose, Received, SharedDigest, TransferError, TransferId,
+    TransferReport,
 };
 use self::connection::{Connection, PendingTransfer};
 use self::frame::{FRAME_BYTES_MAX, Frame, FrameDecoder, FrameError};
@@ -409,6 +410,9 @@ pub struct TransportStats {
     pub connections_refused: u64,
     /// Connections open now.
     pub connections_open: u64,
+    /// Body bytes hashed for transfers sent (and ended): a body sent to
+    /// several peers at once is hashed, and counted, once.
+    pub chunk_bytes_hashed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -768,7 +772,8 @@ impl Transport {
     pub fn send_raft(&mut self, now: Instant, to: u64, message: Bytes) -> Option<TransferId> {
         let mut transfer = None;
         if message.len() > RAFT_INLINE_BYTES_MAX {
-            transfer = Some(self.queue_transfer(now, None, to, ChunkSource::Memory(message), Purpose::Raft));
+            let (source, digest) = (ChunkSource::Memory(message), SharedDigest::default());
+            transfer = Some(self.queue_transfer(now, None, to, source, digest, Purpose::Raft));
         } else if self.send_frame(now, to, Frame::Raft(message).encode()).is_err() {
             self.stats.raft_dropped += 1;
         }
@@ -776,12 +781,17 @@ impl Transport {
         transfer
     }
 
-    /// Sends `source` to `to` on a stream of its own; the outcome comes
-    /// back as [`TransportOutput::ChunkSent`] with `ticket` once the
-    /// receiver has verified the digest (or the transfer failed). A file is
-    /// read through [`TransportOutput::ReadFile`].
-    pub fn send_chunk(&mut self, now: Instant, ticket: u64, to: u64, source: ChunkSource) {
-        self.queue_transfer(now, Some(ticket), to, source, Purpose::Application);
+    /// Sends `source` to each peer of `targets` (ticket, peer), each on a
+    /// stream of its own; each outcome comes back as
+    /// [`TransportOutput::ChunkSent`] with its ticket once that receiver
+    /// has verified the digest (or the transfer failed). A file is read
+    /// through [`TransportOutput::ReadFile`], by each transfer at its own
+    /// pace; its digest is computed once for all of them.
+    pub fn send_chunk(&mut self, now: Instant, targets: &[(u64, u64)], source: ChunkSource) {
+        let digest = SharedDigest::default();
+        for &(ticket, to) in targets {
+            self.queue_transfer(now, Some(ticket), to, source.clone(), digest.clone(), Purpose::Application);
+        }
         self.drive_dirty(now);
     }
 
@@ -1088,11 +1098,12 @@ impl Transport {
         ticket: Option<u64>,
         to: u64,
         source: ChunkSource,
+        digest: SharedDigest,
         purpose: Purpose,
     ) -> TransferId {
         let transfer = TransferId(self.next_transfer);
         self.next_transfer += 1;
-        let pending = PendingTransfer { transfer, ticket, source, purpose };
+        let pending = PendingTransfer { transfer, ticket, source, digest, purpose };
         if self.shut_down {
             self.fail_pending_transfer(pending, TransferError::Unreachable("shutting down".into()));
             return transfer;
@@ -1135,9 +1146,9 @@ impl Transport {
         while !connection.unstarted.is_empty() && connection.identified && !connection.closing {
             let Some(stream) = connection.quinn.streams().open(Dir::Bi) else { break };
             let pending = connection.unstarted.pop_front().expect("checked non-empty");
-            let outgoing =
-                Outgoing::new(pending.transfer, pending.ticket, stream, pending.source, pending.purpose, now);
-            self.transfers.insert(pending.transfer, (handle, stream));
+            let PendingTransfer { transfer, ticket, source, digest, purpose } = pending;
+            let outgoing = Outgoing::new(transfer, ticket, stream, source, digest, purpose, now);
+            self.transfers.insert(transfer, (handle, stream));
             connection.outgoing.insert(stream, outgoing);
             self.progress_outgoing(connection, stream);
         }
@@ -1160,6 +1171,7 @@ impl Transport {
     ) {
         let Some(outgoing) = connection.outgoing.remove(&stream) else { return };
         self.transfers.remove(&outgoing.transfer);
+        self.stats.chunk_bytes_hashed += outgoing.hashed;
         if result.is_err() {
             let _ = connection.quinn.send_stream(stream).reset(VarInt::from_u32(chunk::STATUS_ERROR_CODE));
             let _ = connection.quinn.recv_stream(stream).stop(VarInt::from_u32(chunk::STATUS_ERROR_CODE));
