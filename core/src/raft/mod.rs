@@ -16,7 +16,7 @@ pub mod state_machine;
 pub use config::{NodeConfig, NodeConfigError};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -47,6 +47,9 @@ const TICKS_CATCH_UP_MAX: u32 = 1000;
 /// Under load that batching cuts messages per commit from about seven to
 /// well under one, and raises throughput; a lone client sees no difference.
 const INFLIGHT_APPENDS_MAX: usize = 8;
+/// How long a leader waits for the next append to carry a new commit index
+/// to the followers before it sends the index on its own.
+const COMMIT_BROADCAST_DELAY: Duration = Duration::from_millis(1);
 
 /// Why a proposal, read or membership change failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -253,6 +256,17 @@ pub struct Replica {
     /// Snapshot deliveries to report to raft-rs: peer, and whether the
     /// snapshot arrived.
     snapshot_reports: Vec<(u64, bool)>,
+    /// The highest commit index sent to each peer (in appends and
+    /// heartbeats).
+    commit_sent: BTreeMap<u64, u64>,
+    /// When a leader tells peers that hold committed entries, but were not
+    /// told they are committed, on its own. raft-rs would send every new
+    /// commit index to every follower at once, a message and an answer per
+    /// follower per commit; a write then cost twice the messages. With a
+    /// steady stream of writes, the next append carries it; when writes
+    /// pause, this sends it, so followers apply (and answer local queries)
+    /// at most this much later.
+    commit_broadcast_at: Option<Instant>,
     outputs: VecDeque<ReplicaOutput>,
 }
 
@@ -397,6 +411,9 @@ impl Replica {
             max_inflight_msgs: INFLIGHT_APPENDS_MAX,
             check_quorum: true,
             pre_vote: true,
+            // A new commit index rides the next append (see
+            // `commit_broadcast_at`) instead of a message round of its own.
+            skip_bcast_commit: true,
             ..raft::Config::default()
         };
         raft_config.validate().map_err(|error| NodeError::Refused(error.to_string()))?;
@@ -425,6 +442,8 @@ impl Replica {
             applied_bytes_since_snapshot: 0,
             last_snapshot_bytes: 0,
             snapshot_reports: Vec::new(),
+            commit_sent: BTreeMap::new(),
+            commit_broadcast_at: None,
             outputs: VecDeque::new(),
         };
         replica.pin_election_timeout();
@@ -478,7 +497,8 @@ impl Replica {
 
     /// The earliest time the replica needs [`Replica::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
-        self.deadlines.first().map_or(self.next_tick, |&(deadline, _)| deadline.min(self.next_tick))
+        let next = self.commit_broadcast_at.map_or(self.next_tick, |at| at.min(self.next_tick));
+        self.deadlines.first().map_or(next, |&(deadline, _)| deadline.min(next))
     }
 
     fn insert_proposal(&mut self, request: u64, waiting: Waiting) {
@@ -529,6 +549,17 @@ impl Replica {
             for request in unanswered {
                 self.raw.read_index(encode_context(self.config.id, self.incarnation, request));
                 self.pin_election_timeout();
+            }
+        }
+        if self.commit_broadcast_at.is_some_and(|at| at <= now) {
+            self.commit_broadcast_at = None;
+            let committed = self.raw.raft.raft_log.committed;
+            for peer in self.peers_unaware_of_commit() {
+                self.raw.raft.send_append(peer);
+                // Counted as told even if raft-rs held the append back (a
+                // full window of appends in flight): the next heartbeat
+                // tells it, and the timer is not set again for it.
+                self.commit_sent.insert(peer, committed);
             }
         }
         // Expired proposals are answered first, then expired reads, each in
@@ -774,6 +805,7 @@ impl Replica {
             }
         }
         self.resolve_reads();
+        self.schedule_commit_broadcast(now);
         if self.raw.store().take_snapshot_wanted() {
             // A peer needs a snapshot the store cannot give (too old, or
             // from before the peer joined): take a fresh one.
@@ -783,7 +815,41 @@ impl Replica {
         self.compact_wal(wal);
     }
 
+    /// Peers that hold every committed entry but were not sent the commit
+    /// index: only an append or heartbeat can tell them.
+    fn peers_unaware_of_commit(&self) -> Vec<u64> {
+        let committed = self.raw.raft.raft_log.committed;
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|&(&id, progress)| {
+                id != self.config.id
+                    && progress.matched >= committed
+                    && self.commit_sent.get(&id).is_none_or(|&sent| sent < committed)
+            })
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Sets the timer of `commit_broadcast_at` if a leader's new commit
+    /// index has not reached every peer able to apply it.
+    fn schedule_commit_broadcast(&mut self, now: Instant) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.commit_broadcast_at = None;
+            return;
+        }
+        if self.commit_broadcast_at.is_none() && !self.peers_unaware_of_commit().is_empty() {
+            self.commit_broadcast_at = Some(now + COMMIT_BROADCAST_DELAY);
+        }
+    }
+
     fn send(&mut self, message: Message) {
+        use raft::eraftpb::MessageType::{MsgAppend, MsgHeartbeat};
+        if matches!(message.get_msg_type(), MsgAppend | MsgHeartbeat) {
+            let sent = self.commit_sent.entry(message.to).or_default();
+            *sent = (*sent).max(message.commit);
+        }
         let to = message.to;
         let snapshot = message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
         let bytes = message.write_to_bytes().expect("encoding a protobuf message into memory cannot fail");
