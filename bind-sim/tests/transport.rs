@@ -48,6 +48,8 @@ struct Net {
     received: BTreeMap<u64, Vec<TransportOutput>>,
     delivered: Vec<(SocketAddr, SocketAddr, Bytes)>,
     drop: Box<dyn Fn(SocketAddr, SocketAddr) -> bool>,
+    /// Datagrams larger than this are lost, as on a path with this MTU.
+    path_mtu: usize,
 }
 
 impl Net {
@@ -60,6 +62,7 @@ impl Net {
             received: BTreeMap::new(),
             delivered: Vec::new(),
             drop: Box::new(|_, _| false),
+            path_mtu: usize::MAX,
         };
         for &node in nodes {
             let identity = ca.identity(node, seed(7, node)).unwrap();
@@ -106,7 +109,8 @@ impl Net {
             if next_datagram == Some(next) {
                 let (_, from, to, contents) = self.in_flight.pop_front().unwrap();
                 let target = self.nodes.iter_mut().find(|(node, _)| address(**node) == to);
-                if let (Some((_, transport)), false) = (target, (self.drop)(from, to)) {
+                let lost = (self.drop)(from, to) || contents.len() > self.path_mtu;
+                if let (Some((_, transport)), false) = (target, lost) {
                     self.delivered.push((from, to, contents.clone()));
                     transport.handle_datagrams(self.now, [(from, BytesMut::from(&contents[..]))]);
                 }
@@ -715,4 +719,49 @@ fn a_file_that_changes_between_two_peers_reads_fails_the_later_transfer() {
     let TwoPeerRun { outcomes, .. } = send_to_two(&content, &content[..100_000], true);
     assert_eq!(outcomes[&5], Ok(size));
     assert_eq!(outcomes[&6], Err(TransferError::SourceChanged { expected: size }));
+}
+
+/// Sends 3 MB from node 1 to node 2 over a path that carries datagrams of
+/// at most `path_mtu` bytes; the UDP payload size node 1 uses a second
+/// later.
+fn transfer_over_path(path_mtu: usize) -> u16 {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    net.path_mtu = path_mtu;
+    let content: Vec<u8> = (0..3_000_000u32).map(|index| (index * 7 % 251) as u8).collect();
+    let now = net.now;
+    net.node(1).send_chunk(now, &[(5, 2)], ChunkSource::Memory(Bytes::from(content.clone())));
+    let (mut outputs_1, mut outputs_2) = (Vec::new(), Vec::new());
+    for _ in 0..20_000 {
+        net.run_for(Duration::from_millis(1));
+        outputs_1.extend(net.take(1));
+        outputs_2.extend(net.take(2));
+        if outputs_1.iter().any(|output| matches!(output, TransportOutput::ChunkSent { .. })) {
+            break;
+        }
+    }
+    let sent = outputs_1.iter().find_map(|output| match output {
+        TransportOutput::ChunkSent { result, .. } => Some(result.clone().map(|report| report.bytes)),
+        _ => None,
+    });
+    assert_eq!(sent, Some(Ok(content.len() as u64)), "path MTU {path_mtu}");
+    let (body, received) = received_body(&outputs_2);
+    assert_eq!(received, Some(Ok(content.len() as u64)));
+    assert!(body == content, "path MTU {path_mtu}: the body arrived intact");
+    // Discovery goes on after the transfer: each probe the path drops is
+    // sent three times before a smaller size is tried.
+    net.run_for(Duration::from_secs(1));
+    net.node(1).peer_status(2).and_then(|status| status.link).expect("node 1 is connected to node 2").mtu
+}
+
+#[test]
+fn mtu_discovery_finds_what_the_path_carries_and_never_exceeds_it() {
+    // Nothing in the way: up to the configured bound.
+    let bound = config(1, ca(1).identity(1, seed(1, 1)).unwrap(), &[], 1).mtu_max;
+    assert_eq!(transfer_over_path(usize::MAX), bound);
+    // Ethernet: larger probes are lost, the transfer goes on unharmed at
+    // the sizes that pass, and discovery settles at the path's limit.
+    assert_eq!(transfer_over_path(1500), 1500);
+    // A path that carries only the QUIC minimum.
+    assert_eq!(transfer_over_path(1200), 1200);
 }
