@@ -427,3 +427,30 @@ fn a_snapshot_larger_than_a_message_reaches_a_lagging_follower_over_quic() {
         converge(&mut sim, "SET final 1");
     }
 }
+
+#[test]
+fn over_quic_datagrams_grow_to_what_the_network_carries_and_no_further() {
+    for seed in seeds(2) {
+        // The network drops datagrams above 1500 bytes; the nodes probe up
+        // to their default bound, 8952.
+        let config = ClusterConfig { quic: true, ..config(seed) };
+        let name = "over_quic_datagrams_grow_to_what_the_network_carries_and_no_further";
+        let mut sim = cluster(FILE, name, config);
+        let leader = leader(&mut sim);
+        let value = "v".repeat(10_000);
+        for index in 0..20 {
+            assert_eq!(write(&mut sim, &format!("SET big{index} {value}")), ok());
+        }
+        sim.run_for(Duration::from_secs(2));
+        check(&sim, sim.stats().network.oversized > 0, "probes above the path's MTU were lost");
+        for peer in sim.node_ids().into_iter().filter(|&id| id != leader) {
+            let mtu = match sim.call(leader, Command::PeerStatus(peer), SETTLE) {
+                Some(Reply::Peer(Some(status))) => status.link.map(|link| link.mtu),
+                _ => None,
+            };
+            let settled = mtu.is_some_and(|mtu| (1452..=1500).contains(&mtu));
+            check(&sim, settled, &format!("the link {leader} -> {peer} settled at {mtu:?}"));
+        }
+        converge(&mut sim, "SET final 1");
+    }
+}

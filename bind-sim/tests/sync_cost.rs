@@ -14,8 +14,6 @@
 
 use std::time::Duration;
 
-use octopii_sim::cluster::NetworkConfig;
-
 use bytes::Bytes;
 use octopii_core::wal::WalStats;
 use octopii_core::{Command, Reply};
@@ -55,15 +53,9 @@ fn sequential_writes_cost_one_sync_each_on_every_node() {
 
 #[test]
 fn sequential_writes_cost_one_append_and_one_answer_per_follower() {
-    let network = NetworkConfig { delay_min: Duration::from_micros(100), ..NetworkConfig::default() };
     // Heartbeats every 200 ms: few enough not to blur the count.
-    let config = ClusterConfig {
-        seed: 3,
-        heartbeat_ticks: 20,
-        election_ticks: 60,
-        network,
-        ..ClusterConfig::default()
-    };
+    let config =
+        ClusterConfig { seed: 3, heartbeat_ticks: 20, election_ticks: 60, ..ClusterConfig::default() };
     let mut sim = ClusterSim::new(config).expect("a valid config");
     sim.set_replay("the message cost test".into());
     assert_eq!(sim.write(b"SET warm up", TIMEOUT), Ok(Ok(Bytes::from_static(b"OK"))));

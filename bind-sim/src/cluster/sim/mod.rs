@@ -555,7 +555,7 @@ impl ClusterSim {
                     return self.violate(format!("node {id} sent a datagram to {}", transmit.destination));
                 };
                 let now = self.clock.elapsed();
-                let route = self.network.route(&mut self.rng, id, to, transmit.contents.len());
+                let route = self.network.route_datagram(&mut self.rng, id, to, transmit.contents.len());
                 for &delay in route.delays() {
                     let data = transmit.contents.clone();
                     self.queue.push(now + delay, SimEvent::Datagram { from: id, to, data });

@@ -230,13 +230,14 @@ impl fmt::Display for ClusterSummary {
         )?;
         writeln!(
             formatter,
-            "  network: sent {}, dropped {}, duplicated {}, reordered {}, cut {}, undeliverable {}",
+            "  network: sent {}, dropped {}, duplicated {}, reordered {}, cut {}, undeliverable {}, oversized {}",
             network.sent,
             network.dropped,
             network.duplicated,
             network.reordered,
             network.cut,
-            network.undeliverable
+            network.undeliverable,
+            network.oversized
         )?;
         writeln!(
             formatter,
