@@ -14,6 +14,7 @@ use std::time::Duration;
 use octopii_core::KernelConfig;
 use octopii_core::raft::NodeConfig;
 use octopii_core::raft::state_machine::StateMachine;
+use octopii_core::transport::{MTU_MAX_DEFAULT, MTU_RANGE};
 use octopii_core::wal::{WalConfig, WalConfigError};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,10 @@ pub struct Config {
     /// Without them, a development CA is made next to `wal_dir` (see
     /// `octopii_mio::identity`).
     pub tls: Option<TlsPaths>,
+    /// Largest UDP payload the node sends and accepts: connections start
+    /// at 1200 bytes and probe upwards to it, keeping what the path
+    /// carries (see `TransportConfig::mtu_max`). Within `MTU_RANGE`.
+    pub mtu_max: u16,
 }
 
 /// The PEM files of a node's TLS identity.
@@ -89,12 +94,13 @@ impl Default for Config {
             is_initial_leader: false,
             snapshot_lag_threshold: 1000,
             tls: None,
+            mtu_max: MTU_MAX_DEFAULT,
         }
     }
 }
 
 /// The fields an `OCTOPII_<FIELD>` variable may override.
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "node_id",
     "bind_addr",
     "peers",
@@ -106,6 +112,7 @@ const FIELDS: [&str; 11] = [
     "is_initial_leader",
     "snapshot_lag_threshold",
     "tls",
+    "mtu_max",
 ];
 
 /// Why a configuration is refused.
@@ -182,6 +189,9 @@ impl Config {
         }
         if self.snapshot_lag_threshold == 0 {
             return invalid("snapshot_lag_threshold", "must be at least 1".into());
+        }
+        if !MTU_RANGE.contains(&self.mtu_max) {
+            return invalid("mtu_max", format!("{} is not within {MTU_RANGE:?}", self.mtu_max));
         }
         Ok(())
     }
@@ -266,6 +276,7 @@ impl Config {
         let identity = load_identity(&self.wal_dir, self.node_id, files.as_ref())?;
         let mut transport = transport_config(self.node_id, identity);
         transport.peers = self.peer_ids.clone();
+        transport.mtu_max = self.mtu_max;
         let voters = match (self.bootstraps(), self.peer_ids.is_empty()) {
             (false, _) => Vec::new(),
             (true, true) => vec![self.node_id],
@@ -363,6 +374,19 @@ mod tests {
         assert!(matches!(own, ConfigError::Invalid { field: "peers", .. }), "{own}");
         let bad_env = Config::from_toml("", "node.toml", env(&[("OCTOPII_NODE_ID", "two")])).unwrap_err();
         assert!(bad_env.to_string().contains("node_id"), "{bad_env}");
+        let tiny = Config::from_toml("mtu_max = 1000", "node.toml", []).unwrap_err();
+        assert!(matches!(tiny, ConfigError::Invalid { field: "mtu_max", .. }), "{tiny}");
+        let ethernet = Config::from_toml("", "node.toml", env(&[("OCTOPII_MTU_MAX", "1452")])).unwrap();
+        assert_eq!(ethernet.mtu_max, 1452);
+    }
+
+    #[test]
+    fn the_datagram_bound_reaches_the_transport() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { wal_dir: dir.path().join("node"), mtu_max: 1452, ..Config::default() };
+        let state_machine =
+            std::sync::Arc::new(octopii_core::raft::state_machine::KvStateMachine::in_memory());
+        assert_eq!(config.node_options(state_machine).unwrap().transport.mtu_max, 1452);
     }
 
     #[test]

@@ -68,10 +68,12 @@ const TRANSMIT_MOVE_BYTES_MIN: usize = 4096;
 
 /// Application close codes.
 const CLOSE_SHUTDOWN: u32 = 0;
-/// The UDP payload every connection starts with (QUIC's minimum).
-const INITIAL_MTU: u16 = 1200;
-/// The largest UDP payload over IPv6.
-const UDP_PAYLOAD_IPV6_MAX: u16 = 65_527;
+/// [`TransportConfig::mtu_max`] by default: a 9000-byte jumbo frame less
+/// IPv6 and UDP headers.
+pub const MTU_MAX_DEFAULT: u16 = 8952;
+/// The values [`TransportConfig::mtu_max`] may take: from the UDP payload
+/// every connection starts with (QUIC's minimum) to the largest over IPv6.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 1200..=65_527;
 /// The largest UDP payload over IPv4 (its header is 20 bytes longer).
 const UDP_PAYLOAD_IPV4_MAX: usize = 65_507;
 
@@ -110,11 +112,11 @@ pub struct TransportConfig {
     /// count). Default 1. Fewer are sent together when their sizes would
     /// pass one UDP payload.
     pub max_transmit_segments: usize,
-    /// Largest UDP payload path MTU discovery tries, from 1200 to 65527.
+    /// Largest UDP payload path MTU discovery tries, within [`MTU_RANGE`].
     /// Each connection starts at 1200 bytes and probes upwards; a size the
     /// path drops is not used, so a high bound is safe on any network and
-    /// pays where the path allows it (jumbo frames, loopback). Default 8952:
-    /// a 9000-byte jumbo frame less IPv6 and UDP headers.
+    /// pays where the path allows it (jumbo frames, loopback). Default
+    /// [`MTU_MAX_DEFAULT`].
     pub mtu_max: u16,
     /// Largest transfer body accepted from a peer. Default 1 TiB.
     pub chunk_bytes_max: u64,
@@ -152,7 +154,7 @@ impl TransportConfig {
             reconnect_delay_min: Duration::from_millis(20),
             reconnect_delay_max: Duration::from_secs(2),
             max_transmit_segments: 1,
-            mtu_max: 8952,
+            mtu_max: MTU_MAX_DEFAULT,
             chunk_bytes_max: 1 << 40,
             delivered_bytes_max: Some(64 << 20),
             announce_inbound: false,
@@ -539,9 +541,8 @@ impl Transport {
             .keep_alive_interval(Some(config.keep_alive_interval))
             .max_concurrent_uni_streams(VarInt::from_u32(1))
             .max_concurrent_bidi_streams(VarInt::from_u32(CONCURRENT_TRANSFERS_MAX));
-        if !(INITIAL_MTU..=UDP_PAYLOAD_IPV6_MAX).contains(&config.mtu_max) {
-            let range = format!("{} is not within {INITIAL_MTU}..={UDP_PAYLOAD_IPV6_MAX}", config.mtu_max);
-            return Err(invalid("mtu_max", range));
+        if !MTU_RANGE.contains(&config.mtu_max) {
+            return Err(invalid("mtu_max", format!("{} is not within {MTU_RANGE:?}", config.mtu_max)));
         }
         let mut mtu = quinn_proto::MtuDiscoveryConfig::default();
         mtu.upper_bound(config.mtu_max);
