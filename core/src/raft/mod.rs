@@ -551,7 +551,9 @@ impl Replica {
                 self.pin_election_timeout();
             }
         }
-        if self.commit_broadcast_at.is_some_and(|at| at <= now) {
+        // A tick may have made the leader step down (it lost its quorum).
+        let leading = self.raw.raft.state == StateRole::Leader;
+        if self.commit_broadcast_at.is_some_and(|at| at <= now) && leading {
             self.commit_broadcast_at = None;
             let committed = self.raw.raft.raft_log.committed;
             for peer in self.peers_unaware_of_commit() {
