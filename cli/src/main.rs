@@ -87,18 +87,19 @@ enum Commands {
         #[arg(long, default_value_t = 64)]
         clients: usize,
     },
-    /// Send FILE to a node (such as `octopii receive`) as one transfer
-    /// verified by SHA-256, showing progress on stderr.
+    /// Send FILE to a node (such as `octopii receive`), or to several at
+    /// once, as transfers verified by SHA-256, showing progress on stderr.
     ///
-    /// Prints one line to stdout once the receiver has verified the file;
-    /// fails if nobody of the cluster answers at ADDR or the transfer
-    /// fails.
+    /// Prints one line to stdout per receiver that has verified the file;
+    /// fails if nobody of the cluster answers at an ADDR (then nothing is
+    /// sent) or a transfer fails (the others still finish).
     Send {
-        /// The file to send (read as it is sent, never held in memory).
+        /// The file to send (read as it is sent, never held in memory;
+        /// hashed once however many receivers).
         file: PathBuf,
-        /// The receiver's address.
-        #[arg(long, value_name = "ADDR")]
-        to: SocketAddr,
+        /// A receiver's address; repeat for several.
+        #[arg(long, value_name = "ADDR", required = true)]
+        to: Vec<SocketAddr>,
         #[command(flatten)]
         identity: IdentityArgs,
     },
@@ -190,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Demo { writes, clients } => demo::run(writes, clients).await,
         Commands::Bench { scale } => bench::run(scale).await,
-        Commands::Send { file, to, identity } => transfer::send(&file, to, &identity).await,
+        Commands::Send { file, to, identity } => transfer::send(&file, &to, &identity).await,
         Commands::Receive { listen, out, count, identity } => {
             transfer::receive(listen, &out, count, &identity).await
         }

@@ -42,21 +42,25 @@ const LINGER_MAX: Duration = Duration::from_secs(2);
 const LINGER_POLL: Duration = Duration::from_millis(20);
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Sends `file` to the node at `to` as one transfer, showing progress on
-/// stderr; prints one line to stdout once the receiver has verified it.
+/// Sends `file` to the node at each address of `to`, one transfer each at
+/// once (read by each at its receiver's pace, hashed once), showing their
+/// progress together on stderr; prints one line per receiver to stdout
+/// once it has verified the file.
 ///
 /// # Errors
 ///
 /// The file cannot be read or is not a regular file, the identity or the
-/// endpoint cannot be made, nobody of the cluster answers at `to`, the
-/// transfer fails (checksum mismatch, refused, connection lost), or the
-/// command is interrupted (Ctrl-C, SIGTERM).
-pub async fn send(file: &Path, to: SocketAddr, identity: &IdentityArgs) -> anyhow::Result<()> {
+/// endpoint cannot be made, nobody of the cluster answers at one of `to`
+/// (then nothing is sent), a transfer fails (checksum mismatch, refused,
+/// connection lost; the others still finish), or the command is
+/// interrupted (Ctrl-C, SIGTERM).
+pub async fn send(file: &Path, to: &[SocketAddr], identity: &IdentityArgs) -> anyhow::Result<()> {
     let metadata = std::fs::metadata(file).with_context(|| format!("cannot send {}", file.display()))?;
     if !metadata.is_file() {
         bail!("cannot send {}: not a regular file", file.display());
     }
-    let (transport, identity_dir) = open_transport(identity, wildcard_like(to)).await?;
+    let Some(&first) = to.first() else { bail!("cannot send {}: no receiver given", file.display()) };
+    let (transport, identity_dir) = open_transport(identity, wildcard_like(first)).await?;
     let result = send_over(&transport, file, metadata.len(), to).await;
     close_transport(&transport, identity_dir).await;
     result
@@ -66,63 +70,91 @@ async fn send_over(
     transport: &Arc<QuicTransport>,
     file: &Path,
     size: u64,
-    to: SocketAddr,
+    to: &[SocketAddr],
 ) -> anyhow::Result<()> {
     let stop = shutdown_signal()?;
     tokio::pin!(stop);
-    let peer = tokio::select! {
-        peer = transport.connect(to) => {
-            peer.with_context(|| format!("cannot send {}: connecting to {to}", file.display()))?
-        }
-        () = &mut stop => bail!("interrupted while connecting to {to}"),
-    };
+    // Every receiver is reached before anything is sent.
+    let mut dials = JoinSet::new();
+    for &address in to {
+        let transport = transport.clone();
+        dials.spawn(async move { (address, transport.connect(address).await) });
+    }
+    let mut peers = Vec::new();
+    while let Some(dialed) = tokio::select! {
+        dialed = dials.join_next() => dialed,
+        () = &mut stop => bail!("interrupted while connecting to {}", list(to)),
+    } {
+        let (address, peer) = dialed.context("a dial task failed")?;
+        let peer =
+            peer.with_context(|| format!("cannot send {}: connecting to {address}", file.display()))?;
+        peers.push(peer);
+    }
+    let total = size * to.len() as u64;
     let mut progress = Progress::new();
-    // The link may have carried other traffic (the handshake): count from
-    // here.
-    let link_start = peer.stats().await.map_or(0, |stats| stats.sent_bytes);
+    // The links may have carried other traffic (the handshake): count
+    // from here. A new connection starts its counters again: never show
+    // less than before.
+    let mut link_start = Vec::new();
+    for peer in &peers {
+        link_start.push(peer.stats().await.map_or(0, |stats| stats.sent_bytes));
+    }
+    let mut shown = vec![0; peers.len()];
     let started = Instant::now();
-    progress.show(&sent_line(0, size, Duration::ZERO));
+    progress.show(&sent_line(0, total, Duration::ZERO));
     let source = ChunkSource::File(file.to_path_buf());
-    let sending = peer.send_chunk_verified(&source);
+    let sending = transport.transfer_chunk_to_peers(&source, to);
     tokio::pin!(sending);
     let mut ticks = progress_ticks(started);
-    let mut shown = 0;
-    let sent = loop {
+    let results = loop {
         tokio::select! {
-            sent = &mut sending => break sent,
+            results = &mut sending => break results,
             _ = ticks.tick() => {
-                if let Some(stats) = peer.stats().await {
-                    // A new connection starts its counters again: never
-                    // show less than before.
-                    shown = shown.max(stats.sent_bytes.saturating_sub(link_start).min(size));
-                    progress.show(&sent_line(shown, size, started.elapsed()));
+                for (index, peer) in peers.iter().enumerate() {
+                    if let Some(stats) = peer.stats().await {
+                        let sent = stats.sent_bytes.saturating_sub(link_start[index]).min(size);
+                        shown[index] = shown[index].max(sent);
+                    }
                 }
+                progress.show(&sent_line(shown.iter().sum(), total, started.elapsed()));
             }
             () = &mut stop => {
                 progress.finish();
-                bail!("interrupted while sending {} to {to}", file.display());
+                bail!("interrupted while sending {} to {}", file.display(), list(to));
             }
         }
     };
     let elapsed = started.elapsed();
-    let bytes = match sent {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            progress.finish();
-            let context = format!("sending {} to {to}", file.display());
-            return Err(anyhow::Error::new(error).context(context));
-        }
-    };
-    progress.show(&sent_line(bytes, bytes, elapsed));
+    let delivered: u64 =
+        results.iter().filter(|result| result.success).map(|result| result.bytes_transferred).sum();
+    progress.show(&sent_line(delivered, total, elapsed));
     progress.finish();
-    println!(
-        "delivered {} to {to}: {bytes} bytes ({:.1} MiB) in {:.2} s, {:.1} MiB/s, verified by SHA-256",
-        file.display(),
-        mib(bytes),
-        elapsed.as_secs_f64(),
-        mib_per_second(bytes, elapsed),
-    );
+    let mut failed = Vec::new();
+    for result in results {
+        if result.success {
+            let bytes = result.bytes_transferred;
+            println!(
+                "delivered {} to {}: {bytes} bytes ({:.1} MiB) in {:.2} s, {:.1} MiB/s, verified by SHA-256",
+                file.display(),
+                result.peer,
+                mib(bytes),
+                result.duration.as_secs_f64(),
+                mib_per_second(bytes, result.duration),
+            );
+        } else {
+            let reason = result.error.unwrap_or_else(|| "unknown".into());
+            failed.push(format!("to {}: {reason}", result.peer));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("sending {} failed {}", file.display(), failed.join("; "));
+    }
     Ok(())
+}
+
+/// Addresses as a comma-separated list.
+fn list(addresses: &[SocketAddr]) -> String {
+    addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// A body verified by the receiver, waiting to be written.

@@ -106,31 +106,7 @@ fn a_file_sent_to_a_receiver_arrives_whole_with_progress_shown() {
     std::fs::write(&source, &contents).unwrap();
 
     let cluster_arg = cluster.to_str().unwrap();
-    let out_arg = out.to_str().unwrap();
-    let mut receiver = Running::start(
-        root,
-        "receiver",
-        &[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            out_arg,
-            "--count",
-            "1",
-            "--cluster-dir",
-            cluster_arg,
-        ],
-        true,
-    );
-    let lines = receiver.stdout_lines();
-    let listening = lines.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|error| {
-        panic!("no `listening on` line ({error}); stderr: {}", read(root, "receiver.stderr"))
-    });
-    let address: SocketAddr = listening
-        .strip_prefix("listening on ")
-        .and_then(|address| address.parse().ok())
-        .unwrap_or_else(|| panic!("not a `listening on` line: {listening}"));
+    let (mut receiver, address, lines) = start_receiver(root, "receiver", &out, &cluster);
 
     let to = address.to_string();
     let mut sender = Running::start(
@@ -173,6 +149,76 @@ fn a_file_sent_to_a_receiver_arrives_whole_with_progress_shown() {
     let out_files: Vec<_> =
         std::fs::read_dir(&out).unwrap().map(|entry| entry.unwrap().file_name()).collect();
     assert_eq!(out_files, ["transfer-1.bin"], "no temporary file is left");
+}
+
+/// Starts `octopii receive` for one transfer into `out`: the process, its
+/// address, and its stdout lines after `listening on`.
+fn start_receiver(
+    root: &Path,
+    name: &'static str,
+    out: &Path,
+    cluster: &Path,
+) -> (Running, SocketAddr, mpsc::Receiver<String>) {
+    let args = [
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--out",
+        out.to_str().unwrap(),
+        "--count",
+        "1",
+        "--cluster-dir",
+    ];
+    let args: Vec<&str> = args.into_iter().chain([cluster.to_str().unwrap()]).collect();
+    let mut receiver = Running::start(root, name, &args, true);
+    let lines = receiver.stdout_lines();
+    let listening = lines.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|error| {
+        panic!("no `listening on` line ({error}); stderr: {}", read(root, &format!("{name}.stderr")))
+    });
+    let address = listening
+        .strip_prefix("listening on ")
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("not a `listening on` line: {listening}"));
+    (receiver, address, lines)
+}
+
+#[test]
+fn a_file_sent_to_two_receivers_arrives_whole_at_both() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let cluster = root.join("cluster");
+    let source = root.join("source.bin");
+    let contents = pseudo_random_bytes(FILE_BYTES / 2, 0x5851_f42d_4c95_7f2d);
+    std::fs::write(&source, &contents).unwrap();
+    let (out_a, out_b) = (root.join("out-a"), root.join("out-b"));
+    let (mut receiver_a, address_a, _) = start_receiver(root, "receiver-a", &out_a, &cluster);
+    let (mut receiver_b, address_b, _) = start_receiver(root, "receiver-b", &out_b, &cluster);
+
+    let (to_a, to_b) = (address_a.to_string(), address_b.to_string());
+    let args = ["send", source.to_str().unwrap(), "--to", &to_a, "--to", &to_b, "--cluster-dir"];
+    let args: Vec<&str> = args.into_iter().chain([cluster.to_str().unwrap()]).collect();
+    let mut sender = Running::start(root, "sender", &args, false);
+    let sent = sender.wait(Duration::from_secs(60));
+    assert!(sent.success(), "send: {sent}; stderr: {}", read(root, "sender.stderr"));
+    for (receiver, name, out) in
+        [(&mut receiver_a, "receiver-a", &out_a), (&mut receiver_b, "receiver-b", &out_b)]
+    {
+        let received = receiver.wait(Duration::from_secs(15));
+        assert!(received.success(), "{name}: {received}; stderr: {}", read(root, &format!("{name}.stderr")));
+        let arrived = std::fs::read(out.join("transfer-1.bin")).unwrap();
+        assert!(arrived == contents, "{name} wrote other bytes ({} of them)", arrived.len());
+    }
+    let delivered = read(root, "sender.stdout");
+    for address in [address_a, address_b] {
+        assert!(
+            delivered
+                .lines()
+                .any(|line| line.contains(&format!("to {address}:")) && line.contains("verified")),
+            "{delivered}"
+        );
+    }
+    let progress = read(root, "sender.stderr");
+    assert!(progress.lines().any(|line| line.starts_with("sent 24.0 of 24.0 MiB (100%)")), "{progress}");
 }
 
 #[test]
