@@ -347,13 +347,8 @@ fn serve_reads(net: &mut Net, files: &BTreeMap<std::path::PathBuf, Vec<u8>>) -> 
         let mut rest = Vec::new();
         for output in outputs {
             if let TransportOutput::ReadFile { transfer, path, offset, len } = output {
-                let file = &files[&path];
-                let start = (offset as usize).min(file.len());
-                let end = (start + len).min(file.len());
-                let read =
-                    FileRead { data: Bytes::copy_from_slice(&file[start..end]), file_len: file.len() as u64 };
                 let now = net.now;
-                net.node(node).handle_file_read(now, transfer, Ok(read));
+                net.node(node).handle_file_read(now, transfer, Ok(read_piece(&files[&path], offset, len)));
                 served = true;
             } else {
                 rest.push(output);
@@ -362,6 +357,13 @@ fn serve_reads(net: &mut Net, files: &BTreeMap<std::path::PathBuf, Vec<u8>>) -> 
         net.received.entry(node).or_default().extend(rest);
     }
     served
+}
+
+/// What a read of `len` bytes at `offset` of `file` gives.
+fn read_piece(file: &[u8], offset: u64, len: usize) -> FileRead {
+    let start = (offset as usize).min(file.len());
+    let end = (start + len).min(file.len());
+    FileRead { data: Bytes::copy_from_slice(&file[start..end]), file_len: file.len() as u64 }
 }
 
 fn received_body(outputs: &[TransportOutput]) -> (Vec<u8>, Option<Result<u64, TransferError>>) {
@@ -637,15 +639,8 @@ fn send_to_two(first: &[u8], second: &[u8], second_waits: bool) -> TwoPeerRun {
                         held.push((transfer, offset, len));
                         continue;
                     }
-                    let start = (offset as usize).min(file.len());
-                    let end = (start + len).min(file.len());
-                    let data = Bytes::copy_from_slice(&file[start..end]);
                     let now = net.now;
-                    net.node(1).handle_file_read(
-                        now,
-                        transfer,
-                        Ok(FileRead { data, file_len: file.len() as u64 }),
-                    );
+                    net.node(1).handle_file_read(now, transfer, Ok(read_piece(file, offset, len)));
                 }
                 TransportOutput::ChunkSent { ticket, result } => {
                     outcomes.insert(ticket, result.map(|report| report.bytes));
@@ -655,15 +650,8 @@ fn send_to_two(first: &[u8], second: &[u8], second_waits: bool) -> TwoPeerRun {
         }
         if outcomes.contains_key(&5) {
             for (transfer, offset, len) in held.drain(..) {
-                let start = (offset as usize).min(second.len());
-                let end = (start + len).min(second.len());
-                let data = Bytes::copy_from_slice(&second[start..end]);
                 let now = net.now;
-                net.node(1).handle_file_read(
-                    now,
-                    transfer,
-                    Ok(FileRead { data, file_len: second.len() as u64 }),
-                );
+                net.node(1).handle_file_read(now, transfer, Ok(read_piece(second, offset, len)));
             }
         }
         net.received.entry(1).or_default().extend(rest);
