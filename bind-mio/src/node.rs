@@ -191,6 +191,7 @@ impl Node {
         // must also stay within a UDP payload (64 KiB), or the kernel
         // refuses it whole.
         transport.max_transmit_segments = udp.max_gso_segments().min(TRANSMIT_SEGMENTS_MAX);
+        transport.datagrams_may_fragment = udp.may_fragment();
         let kernel =
             Kernel::new_networked_node(options.kernel, options.node, options.state_machine, transport)?;
         let disk = FileDisk::open(&options.data_dir)?;

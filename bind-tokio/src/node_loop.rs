@@ -444,6 +444,7 @@ fn bind(
     let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
     // Several datagrams per send system call (see TRANSMIT_SEGMENTS_MAX).
     transport.max_transmit_segments = udp.max_gso_segments().min(octopii_mio::node::TRANSMIT_SEGMENTS_MAX);
+    transport.datagrams_may_fragment = udp.may_fragment();
     Ok((socket, udp, transport))
 }
 

@@ -28,6 +28,12 @@ use tokio::task::JoinHandle;
 use crate::error::{OctopiiError, Result};
 use crate::node_loop::NodeLoop;
 
+/// How long [`QuicTransport::transfer_chunk_to_peers`] waits, after the
+/// first peer is reached, for others to be reached too: those share one
+/// digest of the body. A peer reached later gets a transfer (and a digest)
+/// of its own rather than holding the others back.
+pub const DIAL_GROUP_WAIT: Duration = Duration::from_millis(50);
+
 /// Largest transfer body a [`QuicTransport`] accepts: bodies received with
 /// [`PeerConnection::recv_chunk_verified`] are held in memory whole.
 pub const MEMORY_TRANSFER_BYTES_MAX: u64 = 1 << 30;
@@ -216,9 +222,11 @@ impl QuicTransport {
 
     /// Sends `chunk` to every node in `peers` at once, each transfer on a
     /// stream of its own and at its own pace, and returns one result per
-    /// peer, in order. The body's SHA-256 is computed once for all of them
-    /// (a file must not change while it is sent: a peer whose reads see
-    /// other bytes than the first reader's reports a checksum mismatch).
+    /// peer, in order. Each transfer starts as soon as its peer is
+    /// reached; the peers reached within [`DIAL_GROUP_WAIT`] of the first
+    /// share one SHA-256 of the body (a file must not change while it is
+    /// sent: a peer whose reads see other bytes than the first reader's
+    /// reports a checksum mismatch).
     pub async fn transfer_chunk_to_peers(
         self: &Arc<Self>,
         chunk: &ChunkSource,
@@ -231,34 +239,66 @@ impl QuicTransport {
             dials.spawn(async move { (index, transport.connect(address).await) });
         }
         let mut results: Vec<Option<TransferResult>> = vec![None; peers.len()];
-        // Who is reached: (index in `peers`, node id).
-        let mut reached = Vec::new();
-        while let Some(joined) = dials.join_next().await {
-            match joined.expect("a dial task does not panic") {
-                (index, Ok(peer)) => reached.push((index, peer.peer)),
+        let mut transfers = tokio::task::JoinSet::new();
+        let send = |transfers: &mut tokio::task::JoinSet<_>, group: Vec<(usize, u64)>| {
+            transfers.spawn(self.clone().send_to_group(group, chunk.clone()));
+        };
+        // Peers reached before the group leaves: (index in `peers`, id).
+        let mut group = Vec::new();
+        let mut group_leaves_at = None;
+        let mut group_left = false;
+        while !dials.is_empty() {
+            let dialed = match group_leaves_at {
+                Some(at) if !group_left => tokio::time::timeout_at(at, dials.join_next()).await.ok(),
+                _ => Some(dials.join_next().await),
+            };
+            let Some(dialed) = dialed else {
+                send(&mut transfers, std::mem::take(&mut group));
+                group_left = true;
+                continue;
+            };
+            match dialed.expect("the set is not empty").expect("a dial task does not panic") {
+                (index, Ok(peer)) if group_left => send(&mut transfers, vec![(index, peer.peer)]),
+                (index, Ok(peer)) => {
+                    group.push((index, peer.peer));
+                    group_leaves_at.get_or_insert_with(|| tokio::time::Instant::now() + DIAL_GROUP_WAIT);
+                }
                 (index, Err(error)) => {
                     results[index] = Some(transfer_result(peers[index], Err(error), started.elapsed()));
                 }
             }
         }
-        let command = Command::SendChunkToMany {
-            to: reached.iter().map(|&(_, id)| id).collect(),
-            source: chunk.clone(),
-        };
+        if !group.is_empty() {
+            send(&mut transfers, group);
+        }
+        while let Some(sent) = transfers.join_next().await {
+            for (index, outcome) in sent.expect("a transfer task does not panic") {
+                let duration = outcome.as_ref().map_or_else(|_| started.elapsed(), |report| report.duration);
+                let bytes = outcome.map(|report| report.bytes);
+                results[index] = Some(transfer_result(peers[index], bytes, duration));
+            }
+        }
+        results.into_iter().map(|result| result.expect("every peer has a result")).collect()
+    }
+
+    /// Sends `chunk` to the peers of `group` (index, node id) with one
+    /// digest; each peer's outcome with its index.
+    async fn send_to_group(
+        self: Arc<Self>,
+        group: Vec<(usize, u64)>,
+        chunk: ChunkSource,
+    ) -> Vec<(usize, Result<TransferReport>)> {
+        let command =
+            Command::SendChunkToMany { to: group.iter().map(|&(_, id)| id).collect(), source: chunk };
         let outcomes: Vec<Result<TransferReport>> = match self.node.call(command).await {
             Ok(Reply::ChunksSent(outcomes)) => {
                 outcomes.into_iter().map(|(_, outcome)| outcome.map_err(OctopiiError::from)).collect()
             }
             Ok(_) => unreachable!("a transfer command is answered with ChunksSent"),
             // The only failure: the transport has closed.
-            Err(_) => reached.iter().map(|_| Err(OctopiiError::Shutdown)).collect(),
+            Err(_) => group.iter().map(|_| Err(OctopiiError::Shutdown)).collect(),
         };
-        for ((index, _), outcome) in reached.into_iter().zip(outcomes) {
-            let duration = outcome.as_ref().map_or_else(|_| started.elapsed(), |report| report.duration);
-            results[index] =
-                Some(transfer_result(peers[index], outcome.map(|report| report.bytes), duration));
-        }
-        results.into_iter().map(|result| result.expect("every peer has a result")).collect()
+        group.into_iter().map(|(index, _)| index).zip(outcomes).collect()
     }
 
     /// Stops the endpoint: connections close (peers are told), pending

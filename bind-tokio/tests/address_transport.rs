@@ -158,3 +158,32 @@ async fn an_address_without_a_node_of_the_cluster_is_refused() {
     one.close().await;
     other_ca.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_address_does_not_hold_back_the_transfers_to_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let mut dialer = config(root.path(), 1);
+    dialer.idle_timeout = Duration::from_secs(4);
+    let (one, two) = (start(dialer).await, start(config(root.path(), 2)).await);
+    // Bound and silent: dialing it fails only at the idle timeout.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let body = Bytes::from(pattern(1 << 20, 3));
+    let peers = [two.local_addr(), silent.local_addr().unwrap()];
+    let sending = {
+        let (one, body) = (one.clone(), body.clone());
+        tokio::spawn(async move { one.transfer_chunk_to_peers(&ChunkSource::Memory(body), &peers).await })
+    };
+    let received = tokio::time::timeout(Duration::from_secs(2), async {
+        let (_, from_one) = two.accept().await.unwrap();
+        from_one.recv_chunk_verified().await.unwrap().unwrap()
+    })
+    .await
+    .expect("node 2 has the body long before the silent address's dial gives up");
+    assert_eq!(received, body);
+    let results = sending.await.unwrap();
+    assert!(results[0].success, "{results:?}");
+    assert!(!results[1].success && results[1].error.is_some(), "{results:?}");
+    for transport in [one, two] {
+        transport.close().await;
+    }
+}

@@ -191,7 +191,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Demo { writes, clients } => demo::run(writes, clients).await,
         Commands::Bench { scale } => bench::run(scale).await,
-        Commands::Send { file, to, identity } => transfer::send(&file, &to, &identity).await,
+        Commands::Send { file, mut to, identity } => {
+            // A receiver named twice gets the file once.
+            let mut seen = std::collections::BTreeSet::new();
+            to.retain(|address| seen.insert(*address));
+            transfer::send(&file, &to, &identity).await
+        }
         Commands::Receive { listen, out, count, identity } => {
             transfer::receive(listen, &out, count, &identity).await
         }

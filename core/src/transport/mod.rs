@@ -118,6 +118,11 @@ pub struct TransportConfig {
     /// pays where the path allows it (jumbo frames, loopback). Default
     /// [`MTU_MAX_DEFAULT`].
     pub mtu_max: u16,
+    /// Whether the socket may fragment datagrams (it cannot set the
+    /// don't-fragment flag): path MTU discovery is then off, since a path
+    /// that fragments would pass every probe. Bindings set it from
+    /// quinn-udp's `may_fragment`. Default false.
+    pub datagrams_may_fragment: bool,
     /// Largest transfer body accepted from a peer. Default 1 TiB.
     pub chunk_bytes_max: u64,
     /// Bytes of transfer bodies handed out as [`Delivery::ChunkData`] and
@@ -155,6 +160,7 @@ impl TransportConfig {
             reconnect_delay_max: Duration::from_secs(2),
             max_transmit_segments: 1,
             mtu_max: MTU_MAX_DEFAULT,
+            datagrams_may_fragment: false,
             chunk_bytes_max: 1 << 40,
             delivered_bytes_max: Some(64 << 20),
             announce_inbound: false,
@@ -592,7 +598,8 @@ impl Transport {
         let client_config = client(client_crypto);
         let any_node_config = client(any_node_crypto);
 
-        let endpoint = Endpoint::new(Arc::new(endpoint_config), Some(Arc::new(server)), true, None);
+        let discover_mtu = !config.datagrams_may_fragment;
+        let endpoint = Endpoint::new(Arc::new(endpoint_config), Some(Arc::new(server)), discover_mtu, None);
         let peers = config
             .peers
             .iter()

@@ -555,7 +555,8 @@ impl ClusterSim {
                     return self.violate(format!("node {id} sent a datagram to {}", transmit.destination));
                 };
                 let now = self.clock.elapsed();
-                let route = self.network.route_datagram(&mut self.rng, id, to, transmit.contents.len());
+                let size = transmit.segment_size.unwrap_or(transmit.contents.len());
+                let route = self.network.route_datagram(&mut self.rng, id, to, size);
                 for &delay in route.delays() {
                     let data = transmit.contents.clone();
                     self.queue.push(now + delay, SimEvent::Datagram { from: id, to, data });
