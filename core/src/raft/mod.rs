@@ -556,7 +556,8 @@ impl Replica {
         if self.commit_broadcast_at.is_some_and(|at| at <= now) && leading {
             self.commit_broadcast_at = None;
             let committed = self.raw.raft.raft_log.committed;
-            for peer in self.peers_unaware_of_commit() {
+            let unaware: Vec<u64> = self.peers_unaware_of_commit().collect();
+            for peer in unaware {
                 self.raw.raft.send_append(peer);
                 // Counted as told even if raft-rs held the append back (a
                 // full window of appends in flight): the next heartbeat
@@ -819,19 +820,18 @@ impl Replica {
 
     /// Peers that hold every committed entry but were not sent the commit
     /// index: only an append or heartbeat can tell them.
-    fn peers_unaware_of_commit(&self) -> Vec<u64> {
+    fn peers_unaware_of_commit(&self) -> impl Iterator<Item = u64> + '_ {
         let committed = self.raw.raft.raft_log.committed;
         self.raw
             .raft
             .prs()
             .iter()
-            .filter(|&(&id, progress)| {
+            .filter(move |&(&id, progress)| {
                 id != self.config.id
                     && progress.matched >= committed
                     && self.commit_sent.get(&id).is_none_or(|&sent| sent < committed)
             })
             .map(|(&id, _)| id)
-            .collect()
     }
 
     /// Sets the timer of `commit_broadcast_at` if a leader's new commit
@@ -841,7 +841,7 @@ impl Replica {
             self.commit_broadcast_at = None;
             return;
         }
-        if self.commit_broadcast_at.is_none() && !self.peers_unaware_of_commit().is_empty() {
+        if self.commit_broadcast_at.is_none() && self.peers_unaware_of_commit().next().is_some() {
             self.commit_broadcast_at = Some(now + COMMIT_BROADCAST_DELAY);
         }
     }
