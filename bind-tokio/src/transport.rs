@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use octopii_core::transport::chunk::{ChunkSource, TransferId, TransferReport};
+use octopii_core::transport::chunk::{ChunkSource, TransferId};
 use octopii_core::transport::rpc::{
     OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcRequest, RpcResponse,
 };
@@ -30,9 +30,8 @@ use crate::node_loop::NodeLoop;
 
 /// How long [`QuicTransport::transfer_chunk_to_peers`] waits, after the
 /// first peer is reached, for others to be reached too: those share one
-/// digest of the body. A peer reached later gets a transfer (and a digest)
-/// of its own rather than holding the others back.
-pub const DIAL_GROUP_WAIT: Duration = Duration::from_millis(50);
+/// digest of the body (the core's policy, re-exported).
+pub use octopii_core::fanout::DIAL_GROUP_WAIT;
 
 /// Largest transfer body a [`QuicTransport`] accepts: bodies received with
 /// [`PeerConnection::recv_chunk_verified`] are held in memory whole.
@@ -233,72 +232,27 @@ impl QuicTransport {
         peers: &[SocketAddr],
     ) -> Vec<TransferResult> {
         let started = Instant::now();
-        let mut dials = tokio::task::JoinSet::new();
-        for (index, &address) in peers.iter().enumerate() {
-            let transport = self.clone();
-            dials.spawn(async move { (index, transport.connect(address).await) });
-        }
-        let mut results: Vec<Option<TransferResult>> = vec![None; peers.len()];
-        let mut transfers = tokio::task::JoinSet::new();
-        let send = |transfers: &mut tokio::task::JoinSet<_>, group: Vec<(usize, u64)>| {
-            transfers.spawn(self.clone().send_to_group(group, chunk.clone()));
-        };
-        // Peers reached before the group leaves: (index in `peers`, id).
-        let mut group = Vec::new();
-        let mut group_leaves_at = None;
-        let mut group_left = false;
-        while !dials.is_empty() {
-            let dialed = match group_leaves_at {
-                Some(at) if !group_left => tokio::time::timeout_at(at, dials.join_next()).await.ok(),
-                _ => Some(dials.join_next().await),
-            };
-            let Some(dialed) = dialed else {
-                send(&mut transfers, std::mem::take(&mut group));
-                group_left = true;
-                continue;
-            };
-            match dialed.expect("the set is not empty").expect("a dial task does not panic") {
-                (index, Ok(peer)) if group_left => send(&mut transfers, vec![(index, peer.peer)]),
-                (index, Ok(peer)) => {
-                    group.push((index, peer.peer));
-                    group_leaves_at.get_or_insert_with(|| tokio::time::Instant::now() + DIAL_GROUP_WAIT);
-                }
-                (index, Err(error)) => {
-                    results[index] = Some(transfer_result(peers[index], Err(error), started.elapsed()));
-                }
-            }
-        }
-        if !group.is_empty() {
-            send(&mut transfers, group);
-        }
-        while let Some(sent) = transfers.join_next().await {
-            for (index, outcome) in sent.expect("a transfer task does not panic") {
-                let duration = outcome.as_ref().map_or_else(|_| started.elapsed(), |report| report.duration);
-                let bytes = outcome.map(|report| report.bytes);
-                results[index] = Some(transfer_result(peers[index], bytes, duration));
-            }
-        }
-        results.into_iter().map(|result| result.expect("every peer has a result")).collect()
-    }
-
-    /// Sends `chunk` to the peers of `group` (index, node id) with one
-    /// digest; each peer's outcome with its index.
-    async fn send_to_group(
-        self: Arc<Self>,
-        group: Vec<(usize, u64)>,
-        chunk: ChunkSource,
-    ) -> Vec<(usize, Result<TransferReport>)> {
-        let command =
-            Command::SendChunkToMany { to: group.iter().map(|&(_, id)| id).collect(), source: chunk };
-        let outcomes: Vec<Result<TransferReport>> = match self.node.call(command).await {
-            Ok(Reply::ChunksSent(outcomes)) => {
-                outcomes.into_iter().map(|(_, outcome)| outcome.map_err(OctopiiError::from)).collect()
-            }
-            Ok(_) => unreachable!("a transfer command is answered with ChunksSent"),
+        let command = Command::SendChunkToAddresses { to: peers.to_vec(), source: chunk.clone() };
+        match self.node.call(command).await {
+            Ok(Reply::ChunksSentTo(outcomes)) => outcomes
+                .into_iter()
+                .map(|(peer, outcome)| {
+                    let duration =
+                        outcome.as_ref().map_or_else(|_| started.elapsed(), |report| report.duration);
+                    transfer_result(
+                        peer,
+                        outcome.map(|report| report.bytes).map_err(OctopiiError::from),
+                        duration,
+                    )
+                })
+                .collect(),
+            Ok(_) => unreachable!("a transfer to addresses is answered with ChunksSentTo"),
             // The only failure: the transport has closed.
-            Err(_) => group.iter().map(|_| Err(OctopiiError::Shutdown)).collect(),
-        };
-        group.into_iter().map(|(index, _)| index).zip(outcomes).collect()
+            Err(_) => peers
+                .iter()
+                .map(|&peer| transfer_result(peer, Err(OctopiiError::Shutdown), started.elapsed()))
+                .collect(),
+        }
     }
 
     /// Stops the endpoint: connections close (peers are told), pending

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::client::{ClientOperation, ClientReply};
 use crate::disk::{DiskCompletion, DiskOp, IoError};
+use crate::fanout::{Fanout, Start};
 use crate::formation::Formation;
 use crate::node::{Membership, Node, NodeStatus};
 use crate::raft::state_machine::StateMachine;
@@ -160,6 +161,17 @@ pub enum Command {
         /// What to send.
         source: ChunkSource,
     },
+    /// Send a file or bytes to the nodes at several addresses, dialing
+    /// each first. The peers reached within [`crate::fanout::DIAL_GROUP_WAIT`] of the
+    /// first share one SHA-256 of the body; a peer reached later gets a
+    /// transfer of its own rather than hold the others back. Answered with
+    /// [`Reply::ChunksSentTo`] once every transfer (or its dial) has ended.
+    SendChunkToAddresses {
+        /// The addresses.
+        to: Vec<SocketAddr>,
+        /// What to send.
+        source: ChunkSource,
+    },
     /// Set where a peer listens; answered with [`Reply::Sent`].
     UpdatePeerAddr {
         /// The peer.
@@ -213,6 +225,10 @@ pub enum Reply {
     /// Each peer's transfer outcome, in the order of
     /// [`Command::SendChunkToMany`]'s peers.
     ChunksSent(Vec<(u64, Result<TransferReport, TransferError>)>),
+    /// Each address's transfer outcome, in the order of
+    /// [`Command::SendChunkToAddresses`]'s addresses; an address no node
+    /// answered at fails with [`TransferError::Unreachable`].
+    ChunksSentTo(Vec<(SocketAddr, Result<TransferReport, TransferError>)>),
     /// The id of the node at the address dialed.
     Connected(Result<u64, RpcError>),
     /// The peer's address and connection; `None` for a node never heard
@@ -336,7 +352,8 @@ pub enum TimerReason {
     WalSyncOverdue,
     /// A Raft tick or a request deadline.
     Replica,
-    /// A QUIC timer, an RPC deadline or a reconnect.
+    /// A QUIC timer, an RPC deadline, a reconnect, or transfers to several
+    /// addresses leaving together.
     Transport,
     /// The next round of cluster formation (see [`crate::formation`]).
     Formation,
@@ -364,8 +381,16 @@ pub(crate) enum Ticket {
     FormationDial(SocketAddr),
     /// Cluster formation changing the membership.
     FormationChange,
-    /// One peer's transfer of a caller's [`Command::SendChunkToMany`]:
-    /// its place in the command's list.
+    /// The dial of one address of a caller's
+    /// [`Command::SendChunkToAddresses`]: its place in the command's list.
+    FanoutDial {
+        /// The command.
+        id: CommandId,
+        /// The address's index in its list.
+        slot: usize,
+    },
+    /// One peer's transfer of a caller's [`Command::SendChunkToMany`] or
+    /// [`Command::SendChunkToAddresses`]: its place in the command's list.
     Fanout {
         /// The command.
         id: CommandId,
@@ -404,9 +429,6 @@ pub enum KernelConfigError {
     },
 }
 
-/// How one transfer ended.
-type TransferOutcome = Result<TransferReport, TransferError>;
-
 /// Why a transfer cannot start on a kernel without a transport.
 fn no_transport() -> TransferError {
     TransferError::Unreachable("no transport configured".into())
@@ -428,8 +450,8 @@ pub struct Kernel {
     durable_waiters: VecDeque<DurableWaiter>,
     tickets: BTreeMap<u64, Ticket>,
     next_ticket: u64,
-    /// Each peer's outcome of a [`Command::SendChunkToMany`] still running.
-    fanouts: BTreeMap<CommandId, Vec<(u64, Option<TransferOutcome>)>>,
+    /// Commands sending one body to several peers, still running.
+    fanouts: BTreeMap<CommandId, Fanout>,
     outputs: VecDeque<Output>,
 }
 
@@ -505,6 +527,12 @@ impl Kernel {
         }
         if let Some(transport) = &mut self.transport {
             transport.shutdown(now);
+        }
+        // Transfers waiting for their group to leave fail with the rest.
+        let waiting: Vec<(CommandId, Start)> =
+            self.fanouts.iter_mut().map(|(&id, fanout)| (id, fanout.leave())).collect();
+        for (id, start) in waiting {
+            self.start_fanout(now, id, start);
         }
         self.collect(Some(now));
     }
@@ -603,6 +631,11 @@ impl Kernel {
                 {
                     transport.handle_timeout(now);
                 }
+                let due: Vec<(CommandId, Start)> =
+                    self.fanouts.iter_mut().map(|(&id, fanout)| (id, fanout.handle_timeout(now))).collect();
+                for (id, start) in due {
+                    self.start_fanout(now, id, start);
+                }
             }
         }
         self.form_cluster(now);
@@ -650,11 +683,40 @@ impl Kernel {
             self.transport.as_ref().and_then(Transport::poll_timeout).map(|at| (at, TimerReason::Transport));
         let formation =
             self.formation.as_ref().and_then(Formation::poll_timeout).map(|at| (at, TimerReason::Formation));
-        [wal, node, transport, formation].into_iter().flatten().min_by_key(|&(at, _)| at)
+        let fanouts = self
+            .fanouts
+            .values()
+            .filter_map(Fanout::poll_timeout)
+            .min()
+            .map(|at| (at, TimerReason::Transport));
+        [wal, node, transport, formation, fanouts].into_iter().flatten().min_by_key(|&(at, _)| at)
     }
 
     fn reply(&mut self, id: CommandId, reply: Reply) {
         self.outputs.push_back(Output::Reply { id, reply });
+    }
+
+    /// Starts the transfers of fanout `id` in `start`, with one digest.
+    fn start_fanout(&mut self, now: Instant, id: CommandId, start: Start) {
+        let (Some(transport), Some(fanout)) = (&mut self.transport, self.fanouts.get(&id)) else { return };
+        if start.is_empty() {
+            return;
+        }
+        let mut targets = Vec::with_capacity(start.len());
+        for (slot, peer) in start {
+            targets.push((self.next_ticket, peer));
+            self.tickets.insert(self.next_ticket, Ticket::Fanout { id, slot });
+            self.next_ticket += 1;
+        }
+        transport.send_chunk(now, &targets, fanout.source().clone());
+    }
+
+    /// Replies to fanout `id` if all its transfers have ended.
+    fn answer_fanout(&mut self, id: CommandId) {
+        if let Some(reply) = self.fanouts.get_mut(&id).and_then(Fanout::reply) {
+            self.fanouts.remove(&id);
+            self.reply(id, reply);
+        }
     }
 
     fn ticket(&mut self, owner: Ticket) -> u64 {
@@ -780,6 +842,7 @@ impl Kernel {
                 | Command::SendData { .. }
                 | Command::SendChunk { .. }
                 | Command::SendChunkToMany { .. }
+                | Command::SendChunkToAddresses { .. }
                 | Command::UpdatePeerAddr { .. }
                 | Command::Connect(_)
                 | Command::PeerStatus(_)
@@ -794,6 +857,9 @@ impl Kernel {
                 Command::SendChunkToMany { to, .. } => {
                     Reply::ChunksSent(to.into_iter().map(|peer| (peer, Err(no_transport()))).collect())
                 }
+                Command::SendChunkToAddresses { to, .. } => Reply::ChunksSentTo(
+                    to.into_iter().map(|address| (address, Err(no_transport()))).collect(),
+                ),
                 Command::Connect(_) => Reply::Connected(Err(RpcError::NoTransport)),
                 Command::PeerStatus(_) => Reply::Peer(None),
                 _ => Reply::Sent(Err(RpcError::NoTransport)),
@@ -827,14 +893,21 @@ impl Kernel {
                     self.reply(id, Reply::ChunksSent(Vec::new()));
                     return None;
                 }
-                let mut targets = Vec::with_capacity(to.len());
-                for (slot, &peer) in to.iter().enumerate() {
-                    targets.push((self.next_ticket, peer));
-                    self.tickets.insert(self.next_ticket, Ticket::Fanout { id, slot });
+                let (fanout, start) = Fanout::to_peers(to, source);
+                self.fanouts.insert(id, fanout);
+                self.start_fanout(now, id, start);
+            }
+            Command::SendChunkToAddresses { to, source } => {
+                if to.is_empty() {
+                    self.reply(id, Reply::ChunksSentTo(Vec::new()));
+                    return None;
+                }
+                for (slot, &address) in to.iter().enumerate() {
+                    self.tickets.insert(self.next_ticket, Ticket::FanoutDial { id, slot });
+                    transport.connect(now, self.next_ticket, address);
                     self.next_ticket += 1;
                 }
-                self.fanouts.insert(id, to.into_iter().map(|peer| (peer, None)).collect());
-                transport.send_chunk(now, &targets, source);
+                self.fanouts.insert(id, Fanout::to_addresses(to, source));
             }
             Command::UpdatePeerAddr { node, address } => {
                 transport.update_peer_addr(now, node, address);
@@ -911,17 +984,10 @@ impl Kernel {
             TransportOutput::ChunkSent { ticket, result } => match self.tickets.remove(&ticket) {
                 Some(Ticket::Command(id)) => self.reply(id, Reply::ChunkSent(result)),
                 Some(Ticket::Fanout { id, slot }) => {
-                    let outcomes =
-                        self.fanouts.get_mut(&id).expect("a fanout lives until all its transfers end");
-                    outcomes[slot].1 = Some(result);
-                    if outcomes.iter().all(|(_, outcome)| outcome.is_some()) {
-                        let outcomes = self.fanouts.remove(&id).expect("looked up above");
-                        let outcomes = outcomes
-                            .into_iter()
-                            .map(|(peer, outcome)| (peer, outcome.expect("checked above")))
-                            .collect();
-                        self.reply(id, Reply::ChunksSent(outcomes));
+                    if let Some(fanout) = self.fanouts.get_mut(&id) {
+                        fanout.finished(slot, result);
                     }
+                    self.answer_fanout(id);
                 }
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
             },
@@ -948,6 +1014,16 @@ impl Kernel {
                     if let Some(formation) = &mut self.formation {
                         formation.dialed(address, result.ok());
                     }
+                }
+                Some(Ticket::FanoutDial { id, slot }) => {
+                    let now = now.expect("dials are answered on an input");
+                    let start = self
+                        .fanouts
+                        .get_mut(&id)
+                        .map(|fanout| fanout.dialed(now, slot, result))
+                        .unwrap_or_default();
+                    self.start_fanout(now, id, start);
+                    self.answer_fanout(id);
                 }
                 owner => panic!("transport answered ticket {ticket} owned by {owner:?}"),
             },

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod disk;
+pub mod fanout;
 pub mod formation;
 pub mod kernel;
 pub mod node;
