@@ -253,6 +253,37 @@ fn requests_are_answered_by_the_handler_and_time_out_when_unanswered() {
 }
 
 #[test]
+fn a_client_operation_the_node_does_not_know_is_refused_and_the_node_goes_on() {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let now = net.now;
+    let bogus = RequestPayload::Custom { operation: "octopii/bogus".into(), data: Bytes::new() };
+    net.node(1).request(now, 20, 2, bogus, Duration::from_secs(1));
+    net.run_for(Duration::from_millis(200));
+    let mut responses = net.take(1).into_iter().filter_map(|output| match output {
+        TransportOutput::Response { ticket, result } => Some((ticket, result.unwrap().payload)),
+        _ => None,
+    });
+    let Some((20, ResponsePayload::CustomResponse { success: false, data })) = responses.next() else {
+        panic!("the unknown operation was not refused")
+    };
+    assert_eq!(
+        octopii_core::client::ClientReply::decode(&data).unwrap(),
+        octopii_core::client::ClientReply::Unknown("octopii/bogus".into())
+    );
+    // The connection still carries requests both ways.
+    let now = net.now;
+    let echo = RequestPayload::Custom { operation: "echo".into(), data: Bytes::new() };
+    net.node(2).request(now, 21, 1, echo, Duration::from_secs(1));
+    net.run_for(Duration::from_millis(200));
+    assert!(
+        net.take(2)
+            .iter()
+            .any(|output| matches!(output, TransportOutput::Response { ticket: 21, result: Ok(_) }))
+    );
+}
+
+#[test]
 fn a_lost_connection_fails_pending_requests_and_the_peer_is_dialed_again() {
     let ca = ca(1);
     let mut net = Net::new(&ca, &[1, 2]);

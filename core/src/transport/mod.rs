@@ -723,13 +723,29 @@ impl Transport {
     /// payload; one for a peer no longer connected is dropped, and the
     /// caller's deadline answers it.
     pub fn respond(&mut self, now: Instant, to: u64, id: MessageId, payload: ResponsePayload) {
-        let mut response = Frame::Response { id, payload }.encode();
-        if response.len() - frame::FRAME_HEADER_BYTES > FRAME_BYTES_MAX {
-            let payload = ResponsePayload::Error { message: "response exceeds the frame limit".into() };
-            response = Frame::Response { id, payload }.encode();
-        }
-        let _ = self.send_frame(now, to, response);
+        let _ = self.send_frame(now, to, encode_response(id, payload));
         self.drive_dirty(now);
+    }
+
+    /// Answers request `id` from `from`, which arrived on `connection`:
+    /// while a connection is driven it is out of the map, so the answer is
+    /// queued on it directly.
+    fn answer_request(
+        &mut self,
+        now: Instant,
+        connection: &mut Connection,
+        from: u64,
+        id: MessageId,
+        payload: ResponsePayload,
+    ) {
+        let response = encode_response(id, payload);
+        if connection.retiring {
+            // The caller's pending request fails by its deadline if the
+            // kept connection cannot take the answer.
+            let _ = self.send_frame(now, from, response);
+        } else {
+            connection.enqueue(response);
+        }
     }
 
     /// Installs the handler for incoming requests, replacing any earlier one.
@@ -1572,7 +1588,7 @@ impl Transport {
                     None => {
                         let data = crate::client::ClientReply::Unknown(operation).encode();
                         let payload = ResponsePayload::CustomResponse { success: false, data };
-                        self.respond(now, from, id, payload);
+                        self.answer_request(now, connection, from, id, payload);
                     }
                 }
             }
@@ -1582,19 +1598,7 @@ impl Transport {
                     Some(handler) => handler.call(request),
                     None => ResponsePayload::Error { message: "no request handler installed".to_owned() },
                 };
-                let mut response = Frame::Response { id, payload }.encode();
-                if response.len() - frame::FRAME_HEADER_BYTES > FRAME_BYTES_MAX {
-                    let payload =
-                        ResponsePayload::Error { message: "response exceeds the frame limit".into() };
-                    response = Frame::Response { id, payload }.encode();
-                }
-                if connection.retiring {
-                    // The caller's pending request fails by its deadline
-                    // if the kept connection cannot take the answer.
-                    let _ = self.send_frame(now, from, response);
-                } else {
-                    connection.enqueue(response);
-                }
+                self.answer_request(now, connection, from, id, payload);
             }
             Frame::Response { id, payload } => {
                 if self.pending.get(&id).is_some_and(|call| call.to == from) {
@@ -1700,6 +1704,17 @@ fn drain_frames(decoder: &mut FrameDecoder, frames: &mut Vec<Frame>) -> Result<(
         frames.push(frame);
     }
     Ok(())
+}
+
+/// The response frame to request `id`; one over the frame limit is
+/// replaced by an error saying so.
+fn encode_response(id: MessageId, payload: ResponsePayload) -> Bytes {
+    let response = Frame::Response { id, payload }.encode();
+    if response.len() - frame::FRAME_HEADER_BYTES > FRAME_BYTES_MAX {
+        let payload = ResponsePayload::Error { message: "response exceeds the frame limit".into() };
+        return Frame::Response { id, payload }.encode();
+    }
+    response
 }
 
 fn frame_name(frame: &Frame) -> &'static str {
