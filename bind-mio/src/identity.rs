@@ -128,7 +128,7 @@ fn shared_seed(path: &Path) -> Result<[u8; 32], IdentityError> {
     let text = fs::read_to_string(path).map_err(io_error(path))?;
     let text = text.trim();
     let mut seed = [0; 32];
-    if text.len() != 64 {
+    if text.len() != 64 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(IdentityError::BadSeed(path.to_path_buf()));
     }
     for (index, byte) in seed.iter_mut().enumerate() {
@@ -183,6 +183,21 @@ mod tests {
         let missing = TlsFiles { key: root.path().join("missing.key"), ..files };
         let error = load_identity(&dir_2, 2, Some(&missing)).unwrap_err();
         assert!(error.to_string().contains("missing.key"), "{error}");
+    }
+
+    #[test]
+    fn a_damaged_ca_seed_is_an_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("octopii-dev-ca")).unwrap();
+        let seed = root.path().join("octopii-dev-ca/ca.seed");
+        // 64 bytes each: a two-byte character across a hex pair, and a
+        // letter that is no hex digit.
+        for text in [format!("0\u{e9}{}", "0".repeat(61)), format!("g{}", "0".repeat(63))] {
+            assert_eq!(text.len(), 64);
+            std::fs::write(&seed, &text).unwrap();
+            let error = load_identity(&root.path().join("node-1"), 1, None).unwrap_err();
+            assert!(matches!(&error, IdentityError::BadSeed(path) if *path == seed), "{error}");
+        }
     }
 
     #[test]
