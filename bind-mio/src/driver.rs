@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use octopii_core::disk::DiskCompletion;
-use octopii_core::raft::NodeError;
+use octopii_core::raft::{NodeError, ReplicaEvent};
 use octopii_core::transport::chunk::TransferId;
 use octopii_core::transport::{Transmit, TransportEvent};
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
@@ -254,6 +254,9 @@ fn report(event: &Event) {
         Event::WalRecoveryFailed(error) => tracing::error!(%error, "wal recovery failed"),
         Event::WalFailed(error) => tracing::error!(%error, "wal failed; reopen to recover"),
         Event::WalSyncOverdue { elapsed } => tracing::warn!(?elapsed, "wal sync is slow"),
+        Event::Replica(ReplicaEvent::MessageRefused { from, reason }) => {
+            tracing::warn!(peer = from, %reason, "raft message refused")
+        }
         Event::Replica(event) => tracing::debug!(?event, "raft"),
         Event::NodeFailed(NodeError::ShuttingDown) => tracing::debug!("node stopped"),
         Event::NodeFailed(error) => tracing::error!(%error, "node stopped"),

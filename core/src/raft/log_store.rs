@@ -102,6 +102,16 @@ impl LogStore {
         self.hard_state = hard_state;
     }
 
+    /// Takes the commit index down to the last entry held, after recovery.
+    /// A commit index is written with whatever record next needed a sync,
+    /// so it can name entries that a crash kept from disk (a follower told
+    /// of a commit in the same message as the entries, say). Lowering it is
+    /// safe: a commit index is only what this node has been told, and the
+    /// leader tells it again.
+    pub fn limit_commit_to_log(&mut self) {
+        self.hard_state.commit = self.hard_state.commit.min(self.last());
+    }
+
     /// Records a new configuration.
     pub fn set_conf_state(&mut self, conf_state: ConfState) {
         self.conf_state = conf_state;

@@ -7,6 +7,7 @@
 //! into the `RawNode` the replica overrides a freshly drawn timeout with one
 //! from its own seeded generator, so a run is a function of its seed.
 
+mod admission;
 mod config;
 pub mod log_store;
 pub mod records;
@@ -158,6 +159,14 @@ pub enum ReplicaEvent {
     CompactFailed {
         /// The state machine's message.
         error: String,
+    },
+    /// A peer's message was dropped unseen by raft-rs: no correct peer
+    /// sends it, and raft-rs would stop on it.
+    MessageRefused {
+        /// The peer.
+        from: u64,
+        /// What was wrong with it.
+        reason: String,
     },
 }
 
@@ -375,6 +384,7 @@ impl Replica {
                 RaftRecord::SnapshotPart(_) => unreachable!("parts are gathered above"),
             }
         }
+        store.limit_commit_to_log();
         let bootstrap = empty && !config.voters.is_empty();
         if bootstrap {
             // A new cluster starts from a snapshot at index 1 holding its
@@ -585,13 +595,18 @@ impl Replica {
     }
 
     /// Steps a message received from peer `from`. Undecodable or oversized
-    /// messages, and messages claiming another sender, are dropped.
+    /// messages, messages claiming another sender, and messages raft-rs
+    /// would stop on (see [`ReplicaEvent::MessageRefused`]) are dropped.
     pub fn handle_message(&mut self, now: Instant, from: u64, bytes: &[u8], wal: &mut Wal) {
         if bytes.len() > MESSAGE_BYTES_MAX {
             return;
         }
         let Ok(message) = Message::parse_from_bytes(bytes) else { return };
         if message.from != from || message.to != self.config.id {
+            return;
+        }
+        if let Some(reason) = admission::refusal(&self.raw, &message) {
+            self.outputs.push_back(ReplicaOutput::Event(ReplicaEvent::MessageRefused { from, reason }));
             return;
         }
         // A message from a peer the configuration does not know is refused by

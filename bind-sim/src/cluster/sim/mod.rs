@@ -650,6 +650,11 @@ impl ClusterSim {
                 }
             }
             Event::Replica(ReplicaEvent::SnapshotFailed { .. }) => self.stats.snapshots_failed += 1,
+            // Every node here is correct: refusing one's message is a bug,
+            // in the refusal or in the sender.
+            Event::Replica(ReplicaEvent::MessageRefused { from, reason }) => {
+                self.violate(format!("node {id} refused a message from node {from}: {reason}"));
+            }
             Event::NodeFailed(error) => {
                 if let Some(running) = self.running_mut(id) {
                     running.failed = true;
