@@ -219,3 +219,22 @@ fn peers_all_reached_leave_at_once_with_one_digest() {
     }
     assert_eq!(net.incoming.len(), 2);
 }
+
+#[test]
+fn a_shutdown_answers_the_transfers_it_cuts_short() {
+    let mut net = Net::new(&[1, 2], &[(2, Duration::from_millis(5))]);
+    let body: Bytes = vec![7u8; 64 << 20].into();
+    let started = net.now;
+    let command = Command::SendChunkToAddresses { to: vec![address(2)], source: ChunkSource::Memory(body) };
+    net.kernels.get_mut(&1).unwrap().handle_input(started, Input::Command { id: CommandId(3), command });
+    net.run_until_reply(Duration::from_millis(100));
+    assert!(net.replies.is_empty(), "the transfer is still running: {:?}", net.replies);
+    let now = net.now;
+    net.kernels.get_mut(&1).unwrap().shutdown(now);
+    net.run_until_reply(Duration::from_secs(5));
+    let [(_, Reply::ChunksSentTo(outcomes))] = &net.replies[..] else { panic!("{:?}", net.replies) };
+    assert!(
+        matches!(&outcomes[..], [(at, Err(TransferError::Interrupted(_)))] if *at == address(2)),
+        "{outcomes:?}"
+    );
+}

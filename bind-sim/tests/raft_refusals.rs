@@ -188,6 +188,52 @@ fn a_snapshot_whose_configuration_has_a_learner_among_its_voters_is_refused() {
     );
 }
 
+#[test]
+fn an_append_building_on_term_zero_past_the_log_is_refused() {
+    refused(
+        |status| {
+            let mut append = message(MessageType::MsgAppend, status.term + 10);
+            (append.index, append.log_term, append.commit) = (status.commit + 5, 0, status.commit + 5);
+            append
+        },
+        "builds on term 0",
+    );
+}
+
+#[test]
+fn a_snapshot_of_term_zero_is_refused() {
+    refused(
+        |status| {
+            let mut install = message(MessageType::MsgSnapshot, status.term + 10);
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = status.commit + 100;
+            snapshot.mut_metadata().mut_conf_state().voters = vec![1];
+            install.set_snapshot(snapshot);
+            install
+        },
+        "a snapshot of term 0",
+    );
+}
+
+/// A follower passes a read request on to its leader; raft-rs stops if the
+/// request carries a term.
+#[test]
+fn a_read_request_carrying_a_term_is_refused_by_a_follower() {
+    let mut node = leader();
+    let status = node.status();
+    let mut heartbeat = message(MessageType::MsgHeartbeat, status.term + 1);
+    heartbeat.commit = status.commit;
+    node.deliver_from_peer(&heartbeat);
+    let follower = node.status();
+    assert_eq!((follower.term, follower.leader), (status.term + 1, Some(2)), "{follower:?}");
+    let mut read = message(MessageType::MsgReadIndex, follower.term);
+    read.entries = vec![Entry { data: Bytes::from("ctx"), ..Entry::default() }].into();
+    node.deliver_from_peer(&read);
+    assert_eq!(node.refused.len(), 1, "{:?}", node.refused);
+    assert!(node.refused[0].contains("carrying term"), "{:?}", node.refused);
+    assert_eq!(node.command(Command::Query(Bytes::from("GET a"))), Reply::Queried(Ok(Ok(Bytes::from("1")))));
+}
+
 /// What a follower's log holds if it crashes after the batch with a
 /// snapshot and a hard state naming commit 10 is durable, and before the
 /// batch with entries up to 10 is.

@@ -2,9 +2,10 @@
 //!
 //! raft-rs trusts its peers: a few messages that no correct peer sends stop
 //! it with a panic (a proposal without entries, a heartbeat committing past
-//! the end of the log, an append whose entries are not consecutive, a read
-//! request without its context, a snapshot whose configuration raft-rs
-//! cannot restore as it is). A peer's bug, or a peer holding a cluster certificate it
+//! the end of the log, an append whose entries are not consecutive or that
+//! builds on term 0 past the log, a read request without its context or
+//! with a term, a snapshot of term 0 or whose configuration raft-rs cannot
+//! restore as it is). A peer's bug, or a peer holding a cluster certificate it
 //! should not, must not take a node down: such messages are dropped before
 //! [`raft::RawNode::step`], and the drop is logged.
 
@@ -30,7 +31,17 @@ pub(super) fn refusal(raw: &RawNode<LogStore>, message: &Message) -> Option<Stri
         MessageType::MsgReadIndex if message.entries.len() != 1 => {
             Some(format!("a read request with {} context entries (not 1)", message.entries.len()))
         }
-        MessageType::MsgAppend => append_refusal(message),
+        // A follower passes these on to its leader, and raft-rs stops if
+        // they carry a term; correct nodes send them without one.
+        MessageType::MsgReadIndex | MessageType::MsgTransferLeader if message.term != 0 => {
+            Some(format!("a {:?} carrying term {}", message.get_msg_type(), message.term))
+        }
+        MessageType::MsgAppend => append_refusal(raw, message),
+        // raft-rs reads term 0 past the end of the log, and would commit up
+        // to such a snapshot; every snapshot of a correct node has a term.
+        MessageType::MsgSnapshot if message.get_snapshot().get_metadata().term == 0 => {
+            Some("a snapshot of term 0".into())
+        }
         MessageType::MsgSnapshot => {
             conf_state_refusal(message.get_snapshot().get_metadata().get_conf_state())
         }
@@ -38,21 +49,24 @@ pub(super) fn refusal(raw: &RawNode<LogStore>, message: &Message) -> Option<Stri
     }
 }
 
-/// An append's entries must follow its index one by one, in terms no
-/// later than its own: raft-rs takes an entry out of order for a conflict,
-/// and stops if that conflict lies among committed entries.
-fn append_refusal(message: &Message) -> Option<String> {
+/// An append's entries must follow its index one by one: raft-rs takes
+/// an entry out of order for a conflict, and stops if that conflict lies
+/// among committed entries. Nor may it build on term 0 past the end of the
+/// log: raft-rs reads term 0 there, takes the append as matching, and stops
+/// committing or slicing beyond the log.
+fn append_refusal(raw: &RawNode<LogStore>, message: &Message) -> Option<String> {
+    let last = raw.raft.raft_log.last_index();
+    if message.index > last && message.log_term == 0 {
+        return Some(format!(
+            "an append builds on term 0 at index {}, past the last entry {last}",
+            message.index
+        ));
+    }
     for (offset, entry) in (0u64..).zip(&message.entries) {
         if message.index.checked_add(offset + 1) != Some(entry.index) {
             return Some(format!(
                 "an append after index {} carries entry {} at position {offset}",
                 message.index, entry.index
-            ));
-        }
-        if entry.term > message.term {
-            return Some(format!(
-                "an append of term {} carries an entry of term {}",
-                message.term, entry.term
             ));
         }
     }

@@ -911,17 +911,23 @@ impl Transport {
         result
     }
 
-    /// Closes every connection and fails every pending request; later sends
-    /// fail with [`RpcError::ShuttingDown`]. Keep feeding datagrams and
+    /// Closes every connection and fails every pending request and
+    /// transfer; later sends fail with [`RpcError::ShuttingDown`]. Keep feeding datagrams and
     /// timeouts until [`Transport::is_idle`] so peers learn of the close.
     pub fn shutdown(&mut self, now: Instant) {
         self.shut_down = true;
-        for connection in self.connections.values_mut() {
+        let handles: Vec<ConnectionHandle> = self.connections.keys().copied().collect();
+        for handle in handles {
+            let mut connection = self.connections.remove(&handle).expect("listed above");
+            // A connection this node closes sees no loss event: its
+            // transfers end here.
+            self.fail_transfers(&mut connection, "node shutting down");
             connection.close(now, CLOSE_SHUTDOWN, "node shutting down");
             for ticket in connection.dial_tickets.drain(..) {
                 let result = Err(RpcError::ShuttingDown);
                 self.outputs.push_back(TransportOutput::Connected { ticket, result });
             }
+            self.connections.insert(handle, connection);
         }
         let pending = std::mem::take(&mut self.pending);
         self.deadlines.clear();
