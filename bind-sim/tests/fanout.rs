@@ -4,8 +4,10 @@
 //! gets a transfer of its own, and an address nobody answers at neither
 //! holds the others back nor goes unreported.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,18 +19,10 @@ use octopii_core::transport::tls::DevCa;
 use octopii_core::transport::{Delivery, Transmit};
 use octopii_core::{Command, CommandId, Input, Kernel, Output, Reply};
 
+use common::{address, seed};
+
 /// A received transfer's outcome: the verified size, or why not.
 type Verified = Result<u64, TransferError>;
-
-fn address(node: u64) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::new(10, 0, 0, node as u8), 4000))
-}
-
-fn seed(tag: u8, node: u64) -> [u8; 32] {
-    let mut seed = [tag; 32];
-    seed[..8].copy_from_slice(&node.to_le_bytes());
-    seed
-}
 
 /// Transport-only kernels on a network where a datagram to or from a node
 /// of `delays` takes that long (the longer of two), and 1 ms otherwise.

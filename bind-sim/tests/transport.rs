@@ -5,8 +5,10 @@
 //! seeds. (Hostile bytes on the wire are tested on real sockets, in the
 //! bindings' `hostile_peers` tests.)
 
+mod common;
+
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -21,15 +23,7 @@ use octopii_core::transport::{
 };
 use std::sync::Arc;
 
-fn address(node: u64) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::new(10, 0, 0, node as u8), 4000))
-}
-
-fn seed(tag: u8, node: u64) -> [u8; 32] {
-    let mut seed = [tag; 32];
-    seed[..8].copy_from_slice(&node.to_le_bytes());
-    seed
-}
+use common::{address, seed};
 
 fn config(node: u64, identity: TlsIdentity, peers: &[u64], run: u8) -> TransportConfig {
     let crypto = octopii_sim::crypto::provider();

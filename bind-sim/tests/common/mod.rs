@@ -1,6 +1,6 @@
-//! Helpers shared by the cluster tests: which seeds to run, a cluster per
-//! seed, and failure messages that name the seed and the command replaying
-//! it.
+//! Helpers shared by the simulator's tests: which seeds to run, a cluster
+//! per seed, failure messages that name the seed and the command replaying
+//! it, and the addresses and key seeds of nodes on an in-memory network.
 //!
 //! `CLUSTER_SEED=N` runs only seed N; `CLUSTER_SEED_COUNT=K` runs K seeds
 //! instead of each test's default.
@@ -8,11 +8,24 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
 use octopii_core::Reply;
 use octopii_sim::cluster::{ClusterConfig, ClusterSim, Handle, Outcome};
+
+/// Where node `node` listens on an in-memory network.
+pub fn address(node: u64) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 0, node as u8), 4000))
+}
+
+/// A 32-byte seed for node `node`, told apart by `tag` (keys, TLS, runs).
+pub fn seed(tag: u8, node: u64) -> [u8; 32] {
+    let mut seed = [tag; 32];
+    seed[..8].copy_from_slice(&node.to_le_bytes());
+    seed
+}
 
 /// A generous deadline for things that take a few election timeouts.
 pub const SETTLE: Duration = Duration::from_secs(10);
