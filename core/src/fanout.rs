@@ -10,7 +10,7 @@
 //! [`Command::SendChunkToMany`]: crate::Command::SendChunkToMany
 //! [`Command::SendChunkToAddresses`]: crate::Command::SendChunkToAddresses
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::Reply;
@@ -58,28 +58,25 @@ impl Fanout {
     /// (slot, id)).
     pub(crate) fn to_peers(peers: Vec<u64>, source: ChunkSource) -> (Self, Start) {
         let start = peers.iter().copied().enumerate().collect();
-        let fanout = Self {
-            dialing: vec![false; peers.len()],
-            outcomes: vec![None; peers.len()],
-            to: Destinations::Peers(peers),
-            source,
-            group: Vec::new(),
-            group_leaves_at: None,
-            group_left: true,
-        };
-        (fanout, start)
+        (Self::new(peers.len(), Destinations::Peers(peers), source, false), start)
     }
 
     /// Transfers to the nodes at `addresses`, each dialed first.
     pub(crate) fn to_addresses(addresses: Vec<SocketAddr>, source: ChunkSource) -> Self {
+        Self::new(addresses.len(), Destinations::Addresses(addresses), source, true)
+    }
+
+    /// `count` transfers to `to`; `dial` says whether each is dialed first
+    /// (and the group waits for the dials) or all start at once.
+    fn new(count: usize, to: Destinations, source: ChunkSource, dial: bool) -> Self {
         Self {
-            dialing: vec![true; addresses.len()],
-            outcomes: vec![None; addresses.len()],
-            to: Destinations::Addresses(addresses),
+            dialing: vec![dial; count],
+            outcomes: vec![None; count],
+            to,
             source,
             group: Vec::new(),
             group_leaves_at: None,
-            group_left: false,
+            group_left: !dial,
         }
     }
 
