@@ -280,7 +280,7 @@ impl Node {
     /// The next one-way message or data from a peer, waiting at most
     /// `timeout`. Transfer bodies are read from peers only as fast as this
     /// takes them: at most
-    /// [`TransportConfig::delivered_bytes_max`](octopii_core::transport::TransportConfig::delivered_bytes_max)
+    /// [`TransportConfig::delivery_budget`](octopii_core::transport::TransportConfig::delivery_budget)
     /// wait here.
     pub fn recv_delivery(&self, timeout: Duration) -> Option<Delivery> {
         let mut guard = self.deliveries.lock().expect("delivery lock is never poisoned");

@@ -12,14 +12,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use octopii_core::transport::chunk::{ChunkSource, FileRead, TransferError};
+use octopii_core::transport::chunk::{ChunkSource, FileRead, TransferError, TransferId};
 use octopii_core::transport::rpc::{
     OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError,
 };
 use octopii_core::transport::tls::{DevCa, TlsIdentity};
 use octopii_core::transport::{
-    Delivery, RAFT_INLINE_BYTES_MAX, Transport, TransportConfig, TransportConfigError, TransportEvent,
-    TransportOutput,
+    Delivery, DeliveryBudget, RAFT_INLINE_BYTES_MAX, Transport, TransportConfig, TransportConfigError,
+    TransportEvent, TransportOutput,
 };
 use std::sync::Arc;
 
@@ -391,7 +391,7 @@ fn read_piece(file: &[u8], offset: u64, len: usize) -> FileRead {
     FileRead { data: Bytes::copy_from_slice(&file[start..end]), file_len: file.len() as u64 }
 }
 
-fn received_body(outputs: &[TransportOutput]) -> (Vec<u8>, Option<Result<u64, TransferError>>) {
+fn received_body(outputs: &[TransportOutput]) -> Body {
     let mut body = Vec::new();
     let mut result = None;
     for output in outputs {
@@ -572,7 +572,7 @@ fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
     let mut net = Net::new(&ca, &[1, 2]);
     let identity = ca.identity(2, seed(7, 2)).unwrap();
     let mut receiver = config(2, identity, &[1, 2], 1);
-    receiver.delivered_bytes_max = Some(BUDGET);
+    receiver.delivery_budget = DeliveryBudget::Pieces(BUDGET);
     net.add(2, Transport::new(receiver).unwrap());
     let content: Vec<u8> = (0..8_000_000u32).map(|index| (index * 13 % 251) as u8).collect();
     let now = net.now;
@@ -620,6 +620,112 @@ fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
         _ => None,
     });
     assert!(matches!(sent, Some(Ok(_))), "{sent:?}");
+}
+
+/// A receiver that holds bodies whole reads a transfer only once its
+/// whole body fits: with a 1 MiB budget, three 600 kB transfers sent at
+/// once arrive one at a time, each as the receiver takes the one before.
+/// Counting pieces instead, all three would be half read and the budget
+/// spent with no body whole. A transfer that failed half way gives its
+/// room back.
+#[test]
+fn a_receiver_holding_whole_bodies_reads_a_transfer_only_when_all_of_it_fits() {
+    const BUDGET: u64 = 1 << 20;
+    const SIZE: usize = 600_000;
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let identity = ca.identity(2, seed(7, 2)).unwrap();
+    let mut receiver = config(2, identity, &[1, 2], 1);
+    receiver.delivery_budget = DeliveryBudget::WholeBodies(BUDGET);
+    net.add(2, Transport::new(receiver).unwrap());
+    let bodies: Vec<Vec<u8>> =
+        (0..3u32).map(|body| (0..SIZE as u32).map(|index| (index * 7 + body) as u8).collect()).collect();
+    let now = net.now;
+    for (ticket, body) in (5..).zip(&bodies) {
+        net.node(1).send_chunk(now, &[(ticket, 2)], ChunkSource::Memory(Bytes::from(body.clone())));
+    }
+    // Each round: run, and check that exactly `done` bodies have arrived,
+    // whole, and no piece of the others.
+    let mut outputs_1 = Vec::new();
+    let mut outputs_2 = Vec::new();
+    for done in 1..=3 {
+        net.run_for(Duration::from_secs(2));
+        outputs_1.extend(net.take(1));
+        outputs_2.extend(net.take(2));
+        let received = bodies_by_transfer(&outputs_2);
+        assert_eq!(received.len(), 3, "every header is read");
+        let finished: Vec<&Body> = received.values().filter(|(_, result)| result.is_some()).collect();
+        assert_eq!(finished.len(), done, "bodies arrived");
+        for (body, result) in &finished {
+            assert_eq!(*result, Some(Ok(SIZE as u64)));
+            assert!(bodies.contains(body), "a body arrived whole and in order");
+        }
+        assert!(
+            received.values().all(|(body, result)| result.is_some() || body.is_empty()),
+            "a transfer that did not fit was read"
+        );
+        let sent = outputs_1.iter().filter(|output| matches!(output, TransportOutput::ChunkSent { .. }));
+        assert_eq!(sent.count(), done);
+        // The application takes the body that arrived last.
+        let now = net.now;
+        net.node(2).deliveries_taken(now, SIZE as u64);
+    }
+
+    // A body cut short by its sender frees its room: the sender goes away
+    // half way through a body of the whole budget, and the next body
+    // still fits once the application drops the half it was given.
+    let mut outputs_2 = Vec::new();
+    let now = net.now;
+    net.node(1).send_chunk(now, &[(8, 2)], ChunkSource::Memory(Bytes::from(vec![1; BUDGET as usize])));
+    for _ in 0..1000 {
+        net.run_for(Duration::from_millis(1));
+        outputs_2.extend(net.take(2));
+        if received_body(&outputs_2).0.len() >= BUDGET as usize / 2 {
+            break;
+        }
+    }
+    let now = net.now;
+    net.node(1).shutdown(now);
+    net.run_for(Duration::from_secs(1));
+    outputs_2.extend(net.take(2));
+    let (half, result) = received_body(&outputs_2);
+    assert!(matches!(result, Some(Err(TransferError::Interrupted(_)))), "{result:?}");
+    assert!(half.len() < BUDGET as usize);
+    let now = net.now;
+    net.node(2).deliveries_taken(now, half.len() as u64);
+    let identity = ca.identity(1, seed(8, 1)).unwrap();
+    net.add(1, Transport::new(config(1, identity, &[1, 2], 2)).unwrap());
+    let now = net.now;
+    net.node(1).send_chunk(now, &[(9, 2)], ChunkSource::Memory(Bytes::from(vec![2; BUDGET as usize])));
+    net.run_for(Duration::from_secs(3));
+    let sent = net.take(1).into_iter().find_map(|output| match output {
+        TransportOutput::ChunkSent { ticket: 9, result } => Some(result),
+        _ => None,
+    });
+    assert!(matches!(sent, Some(Ok(_))), "{sent:?}");
+}
+
+/// What arrived of an incoming transfer, and its outcome once it ended.
+type Body = (Vec<u8>, Option<Result<u64, TransferError>>);
+
+/// Each incoming transfer's body and outcome.
+fn bodies_by_transfer(outputs: &[TransportOutput]) -> BTreeMap<TransferId, Body> {
+    let mut transfers = BTreeMap::new();
+    for output in outputs {
+        match output {
+            TransportOutput::Delivery(Delivery::ChunkIncoming { transfer, .. }) => {
+                transfers.insert(*transfer, (Vec::new(), None));
+            }
+            TransportOutput::Delivery(Delivery::ChunkData { transfer, data }) => {
+                transfers.entry(*transfer).or_default().0.extend_from_slice(data);
+            }
+            TransportOutput::Delivery(Delivery::ChunkReceived { transfer, result }) => {
+                transfers.entry(*transfer).or_default().1 = Some(result.clone());
+            }
+            _ => {}
+        }
+    }
+    transfers
 }
 
 #[test]

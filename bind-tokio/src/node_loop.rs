@@ -71,7 +71,7 @@ pub struct NodeLoop {
     /// Unbounded, like the mio node's: a dropped piece of a transfer would
     /// leave the receiver with a body its verdict calls verified. Transfer
     /// bodies are bounded instead at the source: the kernel reads no more
-    /// of them while `TransportConfig::delivered_bytes_max` bytes wait here
+    /// of them while `TransportConfig::delivery_budget` is spent
     /// ([`NodeLoop::recv_delivery`] reports what it takes).
     deliveries: Mutex<mpsc::UnboundedReceiver<Delivery>>,
     task: JoinHandle<()>,
@@ -199,7 +199,7 @@ impl NodeLoop {
     /// The next one-way message, data or transfer piece from a peer; `None`
     /// once the node has stopped. Nothing is dropped: what is not read
     /// waits in memory, transfer bodies up to
-    /// [`TransportConfig::delivered_bytes_max`] (the node reads no more of
+    /// [`TransportConfig::delivery_budget`] (the node reads no more of
     /// them from peers until this takes some).
     pub async fn recv_delivery(&self) -> Option<Delivery> {
         let delivery = self.deliveries.lock().await.recv().await;
@@ -236,9 +236,12 @@ impl NodeLoop {
     }
 
     /// The receiver of deliveries, for a wrapper that routes them itself
-    /// ([`NodeLoop::recv_delivery`] then sees nothing).
-    pub(crate) fn take_deliveries(&mut self) -> mpsc::UnboundedReceiver<Delivery> {
-        std::mem::replace(self.deliveries.get_mut(), mpsc::unbounded_channel().1)
+    /// ([`NodeLoop::recv_delivery`] then sees nothing), and the way to tell
+    /// the node what of them the application took: a weak handle, so that
+    /// the node still stops when this handle goes.
+    pub(crate) fn take_deliveries(&mut self) -> (mpsc::UnboundedReceiver<Delivery>, TakenReporter) {
+        let deliveries = std::mem::replace(self.deliveries.get_mut(), mpsc::unbounded_channel().1);
+        (deliveries, TakenReporter(self.requests.downgrade()))
     }
 
     /// Stops the node: pending requests fail, peers are told (for about
@@ -257,6 +260,20 @@ impl NodeLoop {
 
     async fn send(&self, request: Request) -> Result<()> {
         self.requests.send(request).await.map_err(|_| OctopiiError::Shutdown)
+    }
+}
+
+/// Tells a node that the application took bytes of transfer bodies a
+/// wrapper routed (see `TransportConfig::delivery_budget`).
+#[derive(Clone, Debug)]
+pub(crate) struct TakenReporter(mpsc::WeakSender<Request>);
+
+impl TakenReporter {
+    pub(crate) async fn taken(&self, bytes: u64) {
+        // A stopped node reads nothing more anyway.
+        if let Some(requests) = self.0.upgrade() {
+            let _ = requests.send(Request::Taken(bytes)).await;
+        }
     }
 }
 

@@ -20,13 +20,13 @@ use octopii_core::transport::chunk::{ChunkSource, TransferId};
 use octopii_core::transport::rpc::{
     OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcRequest, RpcResponse,
 };
-use octopii_core::transport::{Delivery, LinkStats, PeerStatus, TransportConfig};
+use octopii_core::transport::{Delivery, DeliveryBudget, LinkStats, PeerStatus, TransportConfig};
 use octopii_core::{Command, Reply};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::error::{OctopiiError, Result};
-use crate::node_loop::NodeLoop;
+use crate::node_loop::{NodeLoop, TakenReporter};
 
 /// How long [`QuicTransport::transfer_chunk_to_peers`] waits, after the
 /// first peer is reached, for others to be reached too: those share one
@@ -34,7 +34,9 @@ use crate::node_loop::NodeLoop;
 pub use octopii_core::fanout::DIAL_GROUP_WAIT;
 
 /// Largest transfer body a [`QuicTransport`] accepts: bodies received with
-/// [`PeerConnection::recv_chunk_verified`] are held in memory whole.
+/// [`PeerConnection::recv_chunk_verified`] are held in memory whole. It is
+/// also the most a transport holds of all bodies together, received or
+/// being received, until the application takes them.
 pub const MEMORY_TRANSFER_BYTES_MAX: u64 = 1 << 30;
 
 /// A QUIC endpoint of one node, addressed by socket address. Share it with
@@ -42,6 +44,8 @@ pub const MEMORY_TRANSFER_BYTES_MAX: u64 = 1 << 30;
 #[derive(Debug)]
 pub struct QuicTransport {
     node: NodeLoop,
+    /// Frees room for more bodies once the application takes one.
+    taken: TakenReporter,
     routes: Arc<Routes>,
     accepted: Mutex<mpsc::UnboundedReceiver<(u64, SocketAddr)>>,
     one_way: Mutex<mpsc::UnboundedReceiver<(u64, OneWayMessage)>>,
@@ -137,7 +141,11 @@ impl QuicTransport {
     /// of node `config.node_id`. Peers listed in `config.peers` can also be
     /// reached by id through a node; here they are dialed by address.
     /// Incoming transfers above [`MEMORY_TRANSFER_BYTES_MAX`] (or
-    /// `config.chunk_bytes_max`, if lower) are refused.
+    /// `config.chunk_bytes_max`, if lower) are refused, and bodies held
+    /// for the application total at most that limit: a transfer that does
+    /// not fit beside them waits, its sender held back by QUIC's flow
+    /// control, until the application takes some with
+    /// [`PeerConnection::recv_chunk_verified`].
     ///
     /// # Errors
     ///
@@ -150,16 +158,23 @@ impl QuicTransport {
     pub async fn new(bind_addr: SocketAddr, mut config: TransportConfig) -> Result<Self> {
         config.announce_inbound = true;
         config.chunk_bytes_max = config.chunk_bytes_max.min(MEMORY_TRANSFER_BYTES_MAX);
-        // The router takes every piece at once, into the body it returns
-        // whole (at most MEMORY_TRANSFER_BYTES_MAX per transfer).
-        config.delivered_bytes_max = None;
+        // The router collects each body whole before the application sees
+        // it: room is made for a whole body before it is read.
+        config.delivery_budget = DeliveryBudget::WholeBodies(config.chunk_bytes_max);
         let mut node = NodeLoop::start_transport(bind_addr, config)?;
-        let deliveries = node.take_deliveries();
+        let (deliveries, taken) = node.take_deliveries();
         let routes = Arc::new(Routes { peers: SyncMutex::new(Some(BTreeMap::new())) });
         let (accept, accepted) = mpsc::unbounded_channel();
         let (one_way, one_way_queue) = mpsc::unbounded_channel();
-        let router = tokio::spawn(route(deliveries, routes.clone(), accept, one_way));
-        Ok(Self { node, routes, accepted: Mutex::new(accepted), one_way: Mutex::new(one_way_queue), router })
+        let router = tokio::spawn(route(deliveries, taken.clone(), routes.clone(), accept, one_way));
+        Ok(Self {
+            node,
+            taken,
+            routes,
+            accepted: Mutex::new(accepted),
+            one_way: Mutex::new(one_way_queue),
+            router,
+        })
     }
 
     /// This node's id.
@@ -350,7 +365,11 @@ impl PeerConnection {
     /// [`OctopiiError::Transfer`]: the body did not match its digest, was
     /// cut short, or exceeded [`MEMORY_TRANSFER_BYTES_MAX`].
     pub async fn recv_chunk_verified(&self) -> Result<Option<Bytes>> {
-        self.inbox.chunks.lock().await.recv().await.transpose()
+        let body = self.inbox.chunks.lock().await.recv().await.transpose()?;
+        if let Some(body) = &body {
+            self.transport.taken.taken(body.len() as u64).await;
+        }
+        Ok(body)
     }
 }
 
@@ -440,6 +459,7 @@ fn transfer_result(peer: SocketAddr, sent: Result<u64>, duration: Duration) -> T
 /// loop stops.
 async fn route(
     mut deliveries: mpsc::UnboundedReceiver<Delivery>,
+    taken: TakenReporter,
     routes: Arc<Routes>,
     accept: mpsc::UnboundedSender<(u64, SocketAddr)>,
     one_way: mpsc::UnboundedSender<(u64, OneWayMessage)>,
@@ -470,6 +490,10 @@ async fn route(
             }
             Delivery::ChunkReceived { transfer, result } => {
                 let Some((from, body)) = bodies.remove(&transfer) else { continue };
+                if result.is_err() {
+                    // Nobody will take what came of a failed body.
+                    taken.taken(body.len() as u64).await;
+                }
                 let result = result.map(|_| body.freeze()).map_err(OctopiiError::from);
                 routes.with_route(from, |route| {
                     let _ = route.chunks.send(result);

@@ -87,6 +87,59 @@ async fn nodes_reached_by_address_exchange_bytes_and_verified_transfers() {
     }
 }
 
+/// A transport holds received bodies whole until the application takes
+/// them, so it holds at most `chunk_bytes_max` of them at once: with a
+/// 1 MiB limit, of three 600 kB transfers sent at once one arrives and the
+/// others wait at the sender until the application takes a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_nobody_takes_hold_back_further_transfers() {
+    const SIZE: usize = 600_000;
+    let root = tempfile::tempdir().unwrap();
+    let one = start(config(root.path(), 1)).await;
+    let mut limited = config(root.path(), 2);
+    limited.chunk_bytes_max = 1 << 20;
+    let two = start(limited).await;
+    let to_two = one.connect(two.local_addr()).await.unwrap();
+    let (_, to_one) = two.accept().await.unwrap();
+
+    let bodies: Vec<Bytes> = (0..3).map(|salt| Bytes::from(pattern(SIZE, salt))).collect();
+    let mut sending: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (to_two, source) = (to_two.clone(), ChunkSource::Memory(body.clone()));
+            tokio::spawn(async move { to_two.send_chunk_verified(&source).await })
+        })
+        .collect();
+    let mut received = Vec::new();
+    for round in 0..3 {
+        // One transfer finishes; the others stay held back.
+        let finished = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(index) = sending.iter().position(tokio::task::JoinHandle::is_finished) {
+                    break index;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a transfer finishes");
+        assert_eq!(sending.remove(finished).await.unwrap().unwrap(), SIZE as u64);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            sending.iter().all(|handle| !handle.is_finished()),
+            "round {round}: a transfer finished while the transport held a body nobody took"
+        );
+        received.push(to_one.recv_chunk_verified().await.unwrap().unwrap());
+    }
+    received.sort();
+    let mut expected = bodies.clone();
+    expected.sort();
+    assert!(received == expected, "every body arrived whole");
+    for transport in [one, two] {
+        transport.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_by_address_answers_times_out_and_carries_one_way_messages() {
     let root = tempfile::tempdir().unwrap();

@@ -255,7 +255,7 @@ async fn a_receiver_that_does_not_read_holds_its_sender_back() {
     use octopii_core::transport::chunk::ChunkSource;
     let mut cluster = Cluster::new(&[1]).await;
     let mut options = cluster.options(2, &[]);
-    options.transport.delivered_bytes_max = Some(1 << 20);
+    options.transport.delivery_budget = octopii_core::transport::DeliveryBudget::Pieces(1 << 20);
     cluster.nodes.insert(2, NodeLoop::start(options).await.unwrap());
     cluster.exchange_addresses().await;
     let cluster = std::sync::Arc::new(cluster);

@@ -299,7 +299,7 @@ pub enum Input {
     },
     /// The application took this many bytes of
     /// [`Delivery::ChunkData`] (see
-    /// [`TransportConfig::delivered_bytes_max`](crate::transport::TransportConfig::delivered_bytes_max)).
+    /// [`TransportConfig::delivery_budget`](crate::transport::TransportConfig::delivery_budget)).
     DeliveriesTaken(u64),
     /// The time from [`Kernel::poll_timeout`] has been reached.
     Timeout,

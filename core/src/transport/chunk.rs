@@ -598,12 +598,40 @@ pub(crate) struct Incoming {
     pub(crate) from: u64,
     pub(crate) stream: StreamId,
     decoder: ChunkDecoder,
+    /// Whether the receiver made room for the whole body.
+    admitted: bool,
     done: bool,
 }
 
 impl Incoming {
     pub(crate) fn new(transfer: TransferId, from: u64, stream: StreamId, size_max: u64) -> Self {
-        Self { transfer, from, stream, decoder: ChunkDecoder::new(size_max), done: false }
+        Self { transfer, from, stream, decoder: ChunkDecoder::new(size_max), admitted: false, done: false }
+    }
+
+    /// The announced body size, once the header is in.
+    pub(crate) fn size(&self) -> Option<u64> {
+        self.decoder.size
+    }
+
+    pub(crate) fn admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// The receiver has made room for the whole body: it is read without
+    /// pause from now on.
+    pub(crate) fn admit(&mut self) {
+        self.admitted = true;
+    }
+
+    /// Bytes of the room made for the body that are still held for it: a
+    /// Raft body's whole size (it is collected here), an application
+    /// body's bytes not yet handed on.
+    pub(crate) fn promised(&self) -> u64 {
+        match (self.admitted, self.decoder.size, self.decoder.purpose()) {
+            (true, Some(size), Purpose::Raft) => size,
+            (true, Some(size), Purpose::Application) => size - self.decoder.received,
+            _ => 0,
+        }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -614,9 +642,9 @@ impl Incoming {
         self.decoder.purpose()
     }
 
-    /// Reads what has arrived, at most `budget` bytes of an application
-    /// body; `out` gets what it means. Returns whether it stopped at the
-    /// budget (bytes may be left unread).
+    /// Reads what has arrived: the header alone if it is not in yet, else
+    /// at most `budget` bytes of the body; `out` gets what it means.
+    /// Returns whether it stopped at the budget (bytes may be left unread).
     pub(crate) fn read(
         &mut self,
         connection: &mut quinn_proto::Connection,
@@ -633,14 +661,16 @@ impl Incoming {
         {
             let mut stream = connection.recv_stream(self.stream);
             let Ok(mut chunks) = stream.read(true) else { return false };
+            let header_read = self.decoder.header_read();
             loop {
-                // The header says whom the body is for; a Raft body is
-                // collected here, not delivered, and has no budget.
-                let limited = self.decoder.header_read() && self.decoder.purpose() == Purpose::Application;
-                let max = match (self.decoder.header_read(), limited) {
-                    (false, _) => CHUNK_HEADER_BYTES,
-                    (true, true) => budget.min(CHUNK_PIECE_BYTES),
-                    (true, false) => CHUNK_PIECE_BYTES,
+                // The caller sees the header before it sets the body's budget.
+                if !header_read && self.decoder.header_read() {
+                    break;
+                }
+                let max = if header_read {
+                    budget.min(CHUNK_PIECE_BYTES)
+                } else {
+                    CHUNK_HEADER_BYTES - self.decoder.header_len
                 };
                 if max == 0 {
                     paused = true;
@@ -648,7 +678,7 @@ impl Incoming {
                 }
                 match chunks.next(max) {
                     Ok(Some(chunk)) => {
-                        if limited {
+                        if header_read {
                             budget = budget.saturating_sub(chunk.bytes.len());
                         }
                         if let Err(error) = self.decoder.push(chunk.bytes, &mut events) {

@@ -60,6 +60,10 @@ pub const QUEUED_BYTES_MAX: usize = 2 * FRAME_BYTES_MAX;
 pub const RAFT_INLINE_BYTES_MAX: usize = 1024 * 1024;
 /// Transfers a peer may run towards this node at once.
 pub const CONCURRENT_TRANSFERS_MAX: u32 = 64;
+/// Bytes of Raft bodies (large messages, snapshots) a node receives at
+/// once, counted by their announced sizes: a Raft transfer that does not fit
+/// waits, its sender held back by flow control, until one ends.
+pub const RAFT_RECEIVING_BYTES_MAX: u64 = 4 * crate::raft::MESSAGE_BYTES_MAX as u64;
 /// Largest piece read from a stream at once.
 const READ_CHUNK_BYTES_MAX: usize = 64 * 1024;
 /// Transmits from this size up are handed on in quinn's buffer rather than
@@ -125,16 +129,35 @@ pub struct TransportConfig {
     pub datagrams_may_fragment: bool,
     /// Largest transfer body accepted from a peer. Default 1 TiB.
     pub chunk_bytes_max: u64,
-    /// Bytes of transfer bodies handed out as [`Delivery::ChunkData`] and
-    /// not yet reported taken ([`Transport::deliveries_taken`]); while this
-    /// many are out, incoming transfers are not read, and QUIC's flow
-    /// control holds their senders back. `None`: no limit (for a reader
-    /// that takes every piece as it comes). Default 64 MiB.
-    pub delivered_bytes_max: Option<u64>,
+    /// How much of incoming transfer bodies may wait for the application.
+    /// Default [`DeliveryBudget::Pieces`] of 64 MiB.
+    pub delivery_budget: DeliveryBudget,
     /// Whether each peer that dials this node and proves its identity is
     /// announced with [`Delivery::Connected`] (for an application that
     /// accepts connections). Default false.
     pub announce_inbound: bool,
+}
+
+/// How many bytes of application transfer bodies a node lets wait for the
+/// application: handed out as [`Delivery::ChunkData`] and not yet reported
+/// taken ([`Transport::deliveries_taken`]). A transfer that does not fit
+/// is not read, and QUIC's flow control holds its sender back until the
+/// application takes what it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryBudget {
+    /// No limit, for a reader that takes every piece as it comes.
+    Unlimited,
+    /// At most this many bytes of pieces not yet taken, for a reader that
+    /// consumes bodies piece by piece (into a file, say): transfers are
+    /// read a piece at a time while there is room.
+    Pieces(u64),
+    /// At most this many bytes of bodies, for a reader that holds each
+    /// body whole until the application takes it: a transfer is read only
+    /// once its announced size fits beside the pieces not yet taken and the
+    /// rest of the bodies being received, then read to its end. (Pieces
+    /// would let several half-received bodies fill the budget, and none
+    /// could finish.) A body larger than the budget is read alone.
+    WholeBodies(u64),
 }
 
 impl TransportConfig {
@@ -162,7 +185,7 @@ impl TransportConfig {
             mtu_max: MTU_MAX_DEFAULT,
             datagrams_may_fragment: false,
             chunk_bytes_max: 1 << 40,
-            delivered_bytes_max: Some(64 << 20),
+            delivery_budget: DeliveryBudget::Pieces(64 << 20),
             announce_inbound: false,
         }
     }
@@ -493,12 +516,19 @@ pub struct Transport {
     transfers: BTreeMap<TransferId, (ConnectionHandle, StreamId)>,
     next_transfer: u64,
     chunk_bytes_max: u64,
-    /// See [`TransportConfig::delivered_bytes_max`].
-    delivered_bytes_max: Option<u64>,
+    /// See [`TransportConfig::delivery_budget`].
+    delivery_budget: DeliveryBudget,
     /// Body bytes delivered and not yet reported taken.
     delivered_unread: u64,
-    /// Incoming transfers left unread while too much was delivered.
+    /// Body bytes of admitted application transfers not yet delivered
+    /// (with [`DeliveryBudget::WholeBodies`]).
+    promised: u64,
+    /// Announced sizes of the Raft bodies being received.
+    raft_promised: u64,
+    /// Incoming transfers left unread until there is room for them.
     paused: BTreeSet<(ConnectionHandle, StreamId)>,
+    /// Whether room was freed since the paused transfers were last tried.
+    room_freed: bool,
     announce_inbound: bool,
     outputs: VecDeque<TransportOutput>,
     buffer: Vec<u8>,
@@ -621,9 +651,12 @@ impl Transport {
             transfers: BTreeMap::new(),
             next_transfer: 0,
             chunk_bytes_max: config.chunk_bytes_max,
-            delivered_bytes_max: config.delivered_bytes_max,
+            delivery_budget: config.delivery_budget,
             delivered_unread: 0,
+            promised: 0,
+            raft_promised: 0,
             paused: BTreeSet::new(),
+            room_freed: false,
             announce_inbound: config.announce_inbound,
             outputs: VecDeque::new(),
             buffer: Vec::new(),
@@ -820,24 +853,61 @@ impl Transport {
     }
 
     /// The application took `bytes` of [`Delivery::ChunkData`]: incoming
-    /// transfers paused by [`TransportConfig::delivered_bytes_max`] are
-    /// read again once there is room.
+    /// transfers paused by [`TransportConfig::delivery_budget`] are read
+    /// again once there is room.
     pub fn deliveries_taken(&mut self, now: Instant, bytes: u64) {
         self.delivered_unread = self.delivered_unread.saturating_sub(bytes);
-        while self.read_budget() > 0
-            && let Some((handle, stream)) = self.paused.pop_first()
-        {
+        self.room_freed = true;
+        self.drive_dirty(now);
+    }
+
+    /// How many body bytes `incoming` may be read now; admits it first if
+    /// its whole body must fit before it is read.
+    fn body_budget(&mut self, incoming: &mut Incoming) -> u64 {
+        let Some(size) = incoming.size() else { return 0 };
+        if incoming.admitted() {
+            return u64::MAX;
+        }
+        let (held, max) = match (incoming.purpose(), self.delivery_budget) {
+            (Purpose::Raft, _) => (self.raft_promised, RAFT_RECEIVING_BYTES_MAX),
+            (Purpose::Application, DeliveryBudget::Unlimited) => return u64::MAX,
+            (Purpose::Application, DeliveryBudget::Pieces(max)) => {
+                return max.saturating_sub(self.delivered_unread);
+            }
+            (Purpose::Application, DeliveryBudget::WholeBodies(max)) => {
+                (self.delivered_unread + self.promised, max)
+            }
+        };
+        if held > 0 && held.saturating_add(size) > max {
+            return 0;
+        }
+        match incoming.purpose() {
+            Purpose::Raft => self.raft_promised += size,
+            Purpose::Application => self.promised += size,
+        }
+        incoming.admit();
+        u64::MAX
+    }
+
+    /// Tries again the transfers paused for want of room.
+    fn resume_paused(&mut self) {
+        for (handle, stream) in std::mem::take(&mut self.paused) {
             let Some(mut connection) = self.connections.remove(&handle) else { continue };
             self.read_incoming(&mut connection, handle, stream);
             self.connections.insert(handle, connection);
             self.dirty.insert(handle);
         }
-        self.drive_dirty(now);
     }
 
-    /// How many more body bytes may be delivered now.
-    fn read_budget(&self) -> u64 {
-        self.delivered_bytes_max.map_or(u64::MAX, |max| max.saturating_sub(self.delivered_unread))
+    /// An incoming transfer ended: what it was promised and did not
+    /// deliver is free again.
+    fn release(&mut self, incoming: &Incoming) {
+        let promised = incoming.promised();
+        match incoming.purpose() {
+            Purpose::Raft => self.raft_promised = self.raft_promised.saturating_sub(promised),
+            Purpose::Application => self.promised = self.promised.saturating_sub(promised),
+        }
+        self.room_freed |= promised > 0;
     }
 
     /// A read asked for by [`TransportOutput::ReadFile`] finished.
@@ -1232,13 +1302,22 @@ impl Transport {
     fn read_incoming(&mut self, connection: &mut Connection, handle: ConnectionHandle, stream: StreamId) {
         let Some(incoming) = connection.incoming.get_mut(&stream) else { return };
         let mut received = Vec::new();
-        let budget = usize::try_from(self.read_budget()).unwrap_or(usize::MAX);
-        if incoming.read(&mut connection.quinn, budget, &mut received) {
+        // The header comes first, alone: it says what the body needs.
+        let paused = loop {
+            let header_read = incoming.size().is_some();
+            let budget = usize::try_from(self.body_budget(incoming)).unwrap_or(usize::MAX);
+            let paused = incoming.read(&mut connection.quinn, budget, &mut received);
+            if header_read || incoming.size().is_none() || incoming.is_done() {
+                break paused;
+            }
+        };
+        if paused {
             self.paused.insert((handle, stream));
         }
         let (transfer, from, purpose) = (incoming.transfer, incoming.from, incoming.purpose());
         if incoming.is_done() {
-            connection.incoming.remove(&stream);
+            let incoming = connection.incoming.remove(&stream).expect("the transfer read above");
+            self.release(&incoming);
         }
         for event in received {
             let output = match (event, purpose) {
@@ -1246,7 +1325,13 @@ impl Transport {
                     TransportOutput::Delivery(Delivery::ChunkIncoming { from, transfer, size })
                 }
                 (Received::Data(data), _) => {
-                    self.delivered_unread += data.len() as u64;
+                    let len = data.len() as u64;
+                    self.delivered_unread += len;
+                    // Promised bytes of a transfer still running: its own
+                    // count went down as it read them.
+                    if matches!(self.delivery_budget, DeliveryBudget::WholeBodies(_)) {
+                        self.promised = self.promised.saturating_sub(len);
+                    }
                     TransportOutput::Delivery(Delivery::ChunkData { transfer, data })
                 }
                 (Received::Finished { raft: Some(message), .. }, _) => {
@@ -1271,6 +1356,7 @@ impl Transport {
             self.fail_pending_transfer(pending, TransferError::Unreachable(reason.to_owned()));
         }
         for incoming in std::mem::take(&mut connection.incoming).into_values() {
+            self.release(&incoming);
             if incoming.purpose() == Purpose::Application {
                 let result = Err(TransferError::Interrupted(reason.to_owned()));
                 self.outputs.push_back(TransportOutput::Delivery(Delivery::ChunkReceived {
@@ -1316,8 +1402,14 @@ impl Transport {
     /// Runs the connections something happened to (driving one may touch
     /// another, which is then driven too).
     fn drive_dirty(&mut self, now: Instant) {
-        while let Some(handle) = self.dirty.pop_first() {
-            self.drive(now, handle);
+        loop {
+            while let Some(handle) = self.dirty.pop_first() {
+                self.drive(now, handle);
+            }
+            if !std::mem::take(&mut self.room_freed) || self.paused.is_empty() {
+                break;
+            }
+            self.resume_paused();
         }
     }
 
