@@ -278,8 +278,8 @@ impl Node {
     }
 
     /// The next one-way message or data from a peer, waiting at most
-    /// `timeout`. Transfer bodies are read from peers only as fast as this
-    /// takes them: at most
+    /// `timeout`. Messages and transfer bodies are read from peers only as
+    /// fast as this takes them: at most
     /// [`TransportConfig::delivery_budget`](octopii_core::transport::TransportConfig::delivery_budget)
     /// wait here.
     pub fn recv_delivery(&self, timeout: Duration) -> Option<Delivery> {
@@ -289,9 +289,10 @@ impl Node {
             ready.extend(channel.recv_timeout(timeout).ok()?);
         }
         let delivery = ready.pop_front();
-        if let Some(Delivery::ChunkData { data, .. }) = &delivery {
+        let taken = delivery.as_ref().map_or(0, Delivery::budget_bytes);
+        if taken > 0 {
             // A stopped node reads nothing more anyway.
-            let _ = self.send(Request::Taken(data.len() as u64));
+            let _ = self.send(Request::Taken(taken));
         }
         delivery
     }

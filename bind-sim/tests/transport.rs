@@ -728,6 +728,70 @@ fn bodies_by_transfer(outputs: &[TransportOutput]) -> BTreeMap<TransferId, Body>
     transfers
 }
 
+/// Messages count against the delivery budget too: a receiver that does
+/// not take the data it was given is not given more (the rest waits at the
+/// sender, in QUIC), and gets all of it, in order, as it takes it. The
+/// peer's Raft messages ride the same stream and wait behind them.
+#[test]
+fn a_receiver_that_does_not_take_its_messages_holds_back_the_sender() {
+    const BUDGET: u64 = 32 * 1024;
+    const MESSAGES: usize = 64;
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let identity = ca.identity(2, seed(7, 2)).unwrap();
+    let mut receiver = config(2, identity, &[1, 2], 1);
+    receiver.delivery_budget = DeliveryBudget::Pieces(BUDGET);
+    net.add(2, Transport::new(receiver).unwrap());
+    let sent: Vec<Bytes> = (0..MESSAGES).map(|index| Bytes::from(vec![index as u8; 4096])).collect();
+    let now = net.now;
+    for data in &sent {
+        net.node(1).send_data(now, 2, data.clone()).unwrap();
+    }
+    net.node(1).send_raft(now, 2, Bytes::from_static(b"append"));
+    net.run_for(Duration::from_secs(2));
+    let mut outputs = net.take(2);
+    let data = |outputs: &[TransportOutput]| -> Vec<Delivery> {
+        outputs
+            .iter()
+            .filter_map(|output| match output {
+                TransportOutput::Delivery(delivery @ Delivery::Data { .. }) => Some(delivery.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let held = data(&outputs);
+    let held_bytes: u64 = held.iter().map(Delivery::budget_bytes).sum();
+    // At most one message past the budget: the one whose start was read
+    // while there was room.
+    let most = BUDGET + held[0].budget_bytes();
+    assert!(!held.is_empty() && held_bytes <= most, "{held_bytes} bytes delivered against {BUDGET}");
+    assert!(raft_from(&outputs).is_empty(), "the Raft message came past the unread data");
+
+    // The reader takes what it holds, and what follows.
+    let mut taken = 0;
+    for _ in 0..1000 {
+        let delivered = data(&outputs);
+        let room: u64 = delivered[taken..].iter().map(Delivery::budget_bytes).sum();
+        taken = delivered.len();
+        let now = net.now;
+        net.node(2).deliveries_taken(now, room);
+        net.run_for(Duration::from_millis(5));
+        outputs.extend(net.take(2));
+        if taken == MESSAGES {
+            break;
+        }
+    }
+    let received: Vec<Bytes> = data(&outputs)
+        .into_iter()
+        .map(|delivery| match delivery {
+            Delivery::Data { from: 1, data } => data,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(received == sent, "every message arrived, in order");
+    assert_eq!(raft_from(&outputs), vec![(1, Bytes::from_static(b"append"))]);
+}
+
 #[test]
 fn an_mtu_bound_outside_what_udp_carries_is_refused() {
     let ca = ca(1);

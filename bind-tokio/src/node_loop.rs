@@ -198,14 +198,14 @@ impl NodeLoop {
 
     /// The next one-way message, data or transfer piece from a peer; `None`
     /// once the node has stopped. Nothing is dropped: what is not read
-    /// waits in memory, transfer bodies up to
-    /// [`TransportConfig::delivery_budget`] (the node reads no more of
-    /// them from peers until this takes some).
+    /// waits in memory, up to [`TransportConfig::delivery_budget`] (the
+    /// node reads no more from its peers until this takes some).
     pub async fn recv_delivery(&self) -> Option<Delivery> {
         let delivery = self.deliveries.lock().await.recv().await;
-        if let Some(Delivery::ChunkData { data, .. }) = &delivery {
+        let taken = delivery.as_ref().map_or(0, Delivery::budget_bytes);
+        if taken > 0 {
             // A stopped node reads nothing more anyway.
-            let _ = self.send(Request::Taken(data.len() as u64)).await;
+            let _ = self.send(Request::Taken(taken)).await;
         }
         delivery
     }

@@ -48,7 +48,8 @@ pub struct QuicTransport {
     taken: TakenReporter,
     routes: Arc<Routes>,
     accepted: Mutex<mpsc::UnboundedReceiver<(u64, SocketAddr)>>,
-    one_way: Mutex<mpsc::UnboundedReceiver<(u64, OneWayMessage)>>,
+    /// One-way messages, with the sender and the room each takes.
+    one_way: Mutex<mpsc::UnboundedReceiver<(u64, OneWayMessage, u64)>>,
     router: JoinHandle<()>,
 }
 
@@ -62,10 +63,11 @@ pub struct PeerConnection {
     inbox: Arc<Inbox>,
 }
 
-/// What one peer sent, waiting to be received.
+/// What one peer sent, waiting to be received: data with the room each
+/// takes, and transfer bodies.
 #[derive(Debug)]
 struct Inbox {
-    data: Mutex<mpsc::UnboundedReceiver<Bytes>>,
+    data: Mutex<mpsc::UnboundedReceiver<(Bytes, u64)>>,
     chunks: Mutex<mpsc::UnboundedReceiver<Result<Bytes>>>,
 }
 
@@ -78,7 +80,7 @@ struct Routes {
 
 #[derive(Debug)]
 struct Route {
-    data: mpsc::UnboundedSender<Bytes>,
+    data: mpsc::UnboundedSender<(Bytes, u64)>,
     chunks: mpsc::UnboundedSender<Result<Bytes>>,
     inbox: Arc<Inbox>,
 }
@@ -328,7 +330,9 @@ impl PeerConnection {
     ///
     /// None today; the `Result` leaves room for receive failures.
     pub async fn recv(&self) -> Result<Option<Bytes>> {
-        Ok(self.inbox.data.lock().await.recv().await)
+        let Some((data, room)) = self.inbox.data.lock().await.recv().await else { return Ok(None) };
+        self.transport.taken.taken(room).await;
+        Ok(Some(data))
     }
 
     /// Whether no connection to the node is up now. The transport dials
@@ -430,7 +434,9 @@ impl RpcHandler {
     /// The next one-way message from any peer, with the sender's id; `None`
     /// once the transport has closed.
     pub async fn recv_one_way(&self) -> Option<(u64, OneWayMessage)> {
-        self.transport.one_way.lock().await.recv().await
+        let (from, message, room) = self.transport.one_way.lock().await.recv().await?;
+        self.transport.taken.taken(room).await;
+        Some((from, message))
     }
 }
 
@@ -462,12 +468,14 @@ async fn route(
     taken: TakenReporter,
     routes: Arc<Routes>,
     accept: mpsc::UnboundedSender<(u64, SocketAddr)>,
-    one_way: mpsc::UnboundedSender<(u64, OneWayMessage)>,
+    one_way: mpsc::UnboundedSender<(u64, OneWayMessage, u64)>,
 ) {
     // Bodies being received, by transfer: the sender and what came so far
     // (grown as pieces arrive, never from the announced size).
     let mut bodies: BTreeMap<TransferId, (u64, BytesMut)> = BTreeMap::new();
     while let Some(delivery) = deliveries.recv().await {
+        // The room a message takes until the application has it.
+        let room = delivery.budget_bytes();
         // A closed channel means nobody holds the receiving end any more.
         match delivery {
             Delivery::Connected { peer, address } => {
@@ -475,10 +483,10 @@ async fn route(
                 let _ = accept.send((peer, address));
             }
             Delivery::OneWay { from, message } => {
-                let _ = one_way.send((from, message));
+                let _ = one_way.send((from, message, room));
             }
             Delivery::Data { from, data } => routes.with_route(from, |route| {
-                let _ = route.data.send(data);
+                let _ = route.data.send((data, room));
             }),
             Delivery::ChunkIncoming { from, transfer, .. } => {
                 bodies.insert(transfer, (from, BytesMut::new()));

@@ -140,6 +140,43 @@ async fn bodies_nobody_takes_hold_back_further_transfers() {
     }
 }
 
+/// Data and one-way messages count against the same limit, and reading
+/// them makes room again: with 64 kB of room, 2 MB of each still arrives,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_read_by_the_application_make_room_for_more() {
+    const MESSAGES: usize = 500;
+    let root = tempfile::tempdir().unwrap();
+    let one = start(config(root.path(), 1)).await;
+    let mut limited = config(root.path(), 2);
+    limited.chunk_bytes_max = 64 * 1024;
+    let two = start(limited).await;
+    let to_two = one.connect(two.local_addr()).await.unwrap();
+    let (_, to_one) = two.accept().await.unwrap();
+    let (rpc_one, rpc_two) = (RpcHandler::new(one.clone()), RpcHandler::new(two.clone()));
+    let message = |index: usize| Bytes::from(pattern(4096, index as u8));
+    for index in 0..MESSAGES {
+        to_two.send(message(index)).await.unwrap();
+        let one_way = OneWayMessage::Custom { operation: "note".into(), data: message(index) };
+        rpc_one.send_one_way(two.local_addr(), one_way).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for index in 0..MESSAGES {
+            assert_eq!(to_one.recv().await.unwrap().unwrap(), message(index));
+            let (from, one_way) = rpc_two.recv_one_way().await.unwrap();
+            assert_eq!(
+                (from, one_way),
+                (1, OneWayMessage::Custom { operation: "note".into(), data: message(index) })
+            );
+        }
+    })
+    .await
+    .expect("every message arrives");
+    for transport in [one, two] {
+        transport.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_by_address_answers_times_out_and_carries_one_way_messages() {
     let root = tempfile::tempdir().unwrap();

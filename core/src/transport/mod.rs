@@ -138,11 +138,13 @@ pub struct TransportConfig {
     pub announce_inbound: bool,
 }
 
-/// How many bytes of application transfer bodies a node lets wait for the
-/// application: handed out as [`Delivery::ChunkData`] and not yet reported
-/// taken ([`Transport::deliveries_taken`]). A transfer that does not fit
-/// is not read, and QUIC's flow control holds its sender back until the
-/// application takes what it was given.
+/// How many bytes of deliveries a node lets wait for the application:
+/// pieces of transfer bodies, data and one-way messages handed out and not
+/// yet reported taken ([`Transport::deliveries_taken`], counted by
+/// [`Delivery::budget_bytes`]). Once the budget is spent, a node reads no
+/// more of its peers' transfers or messages (Raft's and requests ride with
+/// the messages, and wait too), and QUIC's flow control holds the senders
+/// back until the application takes what it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryBudget {
     /// No limit, for a reader that takes every piece as it comes.
@@ -381,6 +383,28 @@ pub enum Delivery {
     },
 }
 
+/// What a one-way message or data delivery counts beyond its bytes: the
+/// room it takes while it waits.
+const MESSAGE_OVERHEAD_BYTES: u64 = 64;
+
+impl Delivery {
+    /// Bytes this delivery counts against the
+    /// [`TransportConfig::delivery_budget`]: report them with
+    /// [`Transport::deliveries_taken`] once the application has it.
+    #[must_use]
+    pub fn budget_bytes(&self) -> u64 {
+        match self {
+            Self::ChunkData { data, .. } => data.len() as u64,
+            Self::Data { data, .. } => MESSAGE_OVERHEAD_BYTES + data.len() as u64,
+            Self::OneWay { message: OneWayMessage::Custom { operation, data }, .. } => {
+                MESSAGE_OVERHEAD_BYTES + (operation.len() + data.len()) as u64
+            }
+            Self::OneWay { message: OneWayMessage::Heartbeat { .. }, .. } => MESSAGE_OVERHEAD_BYTES,
+            Self::Connected { .. } | Self::ChunkIncoming { .. } | Self::ChunkReceived { .. } => 0,
+        }
+    }
+}
+
 /// What a transport knows of one peer ([`Transport::peer_status`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -527,6 +551,8 @@ pub struct Transport {
     raft_promised: u64,
     /// Incoming transfers left unread until there is room for them.
     paused: BTreeSet<(ConnectionHandle, StreamId)>,
+    /// Connections whose messages are left unread until there is room.
+    frames_paused: BTreeSet<ConnectionHandle>,
     /// Whether room was freed since the paused transfers were last tried.
     room_freed: bool,
     announce_inbound: bool,
@@ -656,6 +682,7 @@ impl Transport {
             promised: 0,
             raft_promised: 0,
             paused: BTreeSet::new(),
+            frames_paused: BTreeSet::new(),
             room_freed: false,
             announce_inbound: config.announce_inbound,
             outputs: VecDeque::new(),
@@ -889,8 +916,23 @@ impl Transport {
         u64::MAX
     }
 
-    /// Tries again the transfers paused for want of room.
-    fn resume_paused(&mut self) {
+    /// How many bytes of messages may be read now.
+    fn message_budget(&self) -> u64 {
+        match self.delivery_budget {
+            DeliveryBudget::Unlimited => u64::MAX,
+            DeliveryBudget::Pieces(max) => max.saturating_sub(self.delivered_unread),
+            DeliveryBudget::WholeBodies(max) => max.saturating_sub(self.delivered_unread + self.promised),
+        }
+    }
+
+    /// Tries again the messages and transfers paused for want of room.
+    fn resume_paused(&mut self, now: Instant) {
+        for handle in std::mem::take(&mut self.frames_paused) {
+            let Some(mut connection) = self.connections.remove(&handle) else { continue };
+            self.read(now, handle, &mut connection);
+            self.connections.insert(handle, connection);
+            self.dirty.insert(handle);
+        }
         for (handle, stream) in std::mem::take(&mut self.paused) {
             let Some(mut connection) = self.connections.remove(&handle) else { continue };
             self.read_incoming(&mut connection, handle, stream);
@@ -1325,14 +1367,15 @@ impl Transport {
                     TransportOutput::Delivery(Delivery::ChunkIncoming { from, transfer, size })
                 }
                 (Received::Data(data), _) => {
-                    let len = data.len() as u64;
+                    let delivery = Delivery::ChunkData { transfer, data };
+                    let len = delivery.budget_bytes();
                     self.delivered_unread += len;
                     // Promised bytes of a transfer still running: its own
                     // count went down as it read them.
                     if matches!(self.delivery_budget, DeliveryBudget::WholeBodies(_)) {
                         self.promised = self.promised.saturating_sub(len);
                     }
-                    TransportOutput::Delivery(Delivery::ChunkData { transfer, data })
+                    TransportOutput::Delivery(delivery)
                 }
                 (Received::Finished { raft: Some(message), .. }, _) => {
                     TransportOutput::Raft { from, message }
@@ -1406,10 +1449,12 @@ impl Transport {
             while let Some(handle) = self.dirty.pop_first() {
                 self.drive(now, handle);
             }
-            if !std::mem::take(&mut self.room_freed) || self.paused.is_empty() {
+            if !std::mem::take(&mut self.room_freed)
+                || (self.paused.is_empty() && self.frames_paused.is_empty())
+            {
                 break;
             }
-            self.resume_paused();
+            self.resume_paused(now);
         }
     }
 
@@ -1578,15 +1623,28 @@ impl Transport {
         let Some((stream, decoder)) = &mut connection.receive else { return };
         let mut frames = Vec::new();
         let mut failure: Option<String> = None;
+        let mut budget = self.message_budget();
         if let Ok(mut chunks) = connection.quinn.recv_stream(*stream).read(true) {
             loop {
-                match chunks.next(READ_CHUNK_BYTES_MAX) {
+                if budget == 0 {
+                    self.frames_paused.insert(handle);
+                    break;
+                }
+                let max = usize::try_from(budget).unwrap_or(usize::MAX).min(READ_CHUNK_BYTES_MAX);
+                match chunks.next(max) {
                     Ok(Some(chunk)) => {
                         decoder.push(&chunk.bytes);
+                        let before = frames.len();
                         if let Err(error) = drain_frames(decoder, &mut frames) {
                             failure = Some(error.to_string());
                             break;
                         }
+                        // Bytes as read, and what each message costs beyond
+                        // them (as `Delivery::budget_bytes` counts it).
+                        let messages = (frames.len() - before) as u64;
+                        budget = budget
+                            .saturating_sub(chunk.bytes.len() as u64)
+                            .saturating_sub(messages * MESSAGE_OVERHEAD_BYTES);
                     }
                     // The peer ended its stream: it retired this duplicate.
                     Ok(None) => {
@@ -1706,14 +1764,16 @@ impl Transport {
                     self.outputs.push_back(TransportOutput::Response { ticket: call.ticket, result });
                 }
             }
-            Frame::OneWay(message) => {
-                self.outputs.push_back(TransportOutput::Delivery(Delivery::OneWay { from, message }))
-            }
-            Frame::Data(data) => {
-                self.outputs.push_back(TransportOutput::Delivery(Delivery::Data { from, data }))
-            }
+            Frame::OneWay(message) => self.deliver(Delivery::OneWay { from, message }),
+            Frame::Data(data) => self.deliver(Delivery::Data { from, data }),
             Frame::Hello { .. } => unreachable!("hello frames are matched above"),
         }
+    }
+
+    /// Hands a message to the application, against the delivery budget.
+    fn deliver(&mut self, delivery: Delivery) {
+        self.delivered_unread += delivery.budget_bytes();
+        self.outputs.push_back(TransportOutput::Delivery(delivery));
     }
 
     /// Answers the callers waiting for an address dial that failed.
