@@ -232,3 +232,34 @@ fn a_shutdown_answers_the_transfers_it_cuts_short() {
         "{outcomes:?}"
     );
 }
+
+#[test]
+fn a_peer_named_twice_gets_the_body_once_and_both_slots_its_outcome() {
+    let mut net = Net::new(&[1, 2, 3], &[]);
+    let body = body();
+    let size = body.len() as u64;
+    let to = vec![address(2), address(3), address(2)];
+    let command = Command::SendChunkToAddresses { to: to.clone(), source: ChunkSource::Memory(body.clone()) };
+    let now = net.now;
+    net.kernels.get_mut(&1).unwrap().handle_input(now, Input::Command { id: CommandId(4), command });
+    net.run_until_reply(Duration::from_secs(30));
+    let [(_, Reply::ChunksSentTo(outcomes))] = &net.replies[..] else { panic!("{:?}", net.replies) };
+    let outcomes: Vec<_> = outcomes
+        .iter()
+        .map(|(address, outcome)| (*address, outcome.as_ref().map(|report| report.bytes)))
+        .collect();
+    assert_eq!(outcomes, to.iter().map(|&address| (address, Ok(size))).collect::<Vec<_>>());
+    assert_eq!(net.received[&2].len(), 1, "node 2 got the body once");
+
+    // By id, through the same path.
+    net.replies.clear();
+    let command = Command::SendChunkToMany { to: vec![3, 3], source: ChunkSource::Memory(body) };
+    let now = net.now;
+    net.kernels.get_mut(&1).unwrap().handle_input(now, Input::Command { id: CommandId(5), command });
+    net.run_until_reply(Duration::from_secs(30));
+    let [(_, Reply::ChunksSent(outcomes))] = &net.replies[..] else { panic!("{:?}", net.replies) };
+    let outcomes: Vec<_> =
+        outcomes.iter().map(|(peer, outcome)| (*peer, outcome.as_ref().map(|report| report.bytes))).collect();
+    assert_eq!(outcomes, [(3, Ok(size)), (3, Ok(size))]);
+    assert_eq!(net.received[&3].len(), 2, "node 3 got the first body and this one, once");
+}

@@ -7,6 +7,10 @@
 //! starts alone (with a digest of its own) rather than hold the others
 //! back. The reply waits until every transfer, or its dial, has ended.
 //!
+//! A peer named twice (the same id, the same address, or two addresses
+//! of one node) gets the body once: the later slots share the first one's
+//! transfer and report its outcome.
+//!
 //! [`Command::SendChunkToMany`]: crate::Command::SendChunkToMany
 //! [`Command::SendChunkToAddresses`]: crate::Command::SendChunkToAddresses
 
@@ -38,6 +42,10 @@ pub(crate) struct Fanout {
     dialing: Vec<bool>,
     /// Per slot: how its transfer (or dial) ended.
     outcomes: Vec<Option<TransferOutcome>>,
+    /// Per slot: the peer its own transfer goes to, once known.
+    peers: Vec<Option<u64>>,
+    /// Per slot: the earlier slot whose transfer to the same peer it shares.
+    shares: Vec<Option<usize>>,
     source: ChunkSource,
     /// Peers reached (slot, id) and waiting for their group to leave.
     group: Start,
@@ -57,8 +65,9 @@ impl Fanout {
     /// Transfers to peers known by id, all to start at once (returned as
     /// (slot, id)).
     pub(crate) fn to_peers(peers: Vec<u64>, source: ChunkSource) -> (Self, Start) {
-        let start = peers.iter().copied().enumerate().collect();
-        (Self::new(peers.len(), Destinations::Peers(peers), source, false), start)
+        let mut fanout = Self::new(peers.len(), Destinations::Peers(peers.clone()), source, false);
+        let start = peers.into_iter().enumerate().filter(|&(slot, peer)| fanout.claim(slot, peer)).collect();
+        (fanout, start)
     }
 
     /// Transfers to the nodes at `addresses`, each dialed first.
@@ -72,6 +81,8 @@ impl Fanout {
         Self {
             dialing: vec![dial; count],
             outcomes: vec![None; count],
+            peers: vec![None; count],
+            shares: vec![None; count],
             to,
             source,
             group: Vec::new(),
@@ -94,6 +105,7 @@ impl Fanout {
         let mut start = Vec::new();
         match result {
             Err(error) => self.outcomes[slot] = Some(Err(TransferError::Unreachable(error.to_string()))),
+            Ok(peer) if !self.claim(slot, peer) => {}
             Ok(peer) if self.group_left => start.push((slot, peer)),
             Ok(peer) => {
                 self.group.push((slot, peer));
@@ -123,8 +135,25 @@ impl Fanout {
         std::mem::take(&mut self.group)
     }
 
-    /// The transfer of `slot` ended.
+    /// Whether `slot` sends its own transfer to `peer`: false if an
+    /// earlier slot already does, whose transfer it then shares.
+    fn claim(&mut self, slot: usize, peer: u64) -> bool {
+        let Some(first) = self.peers.iter().position(|&other| other == Some(peer)) else {
+            self.peers[slot] = Some(peer);
+            return true;
+        };
+        self.shares[slot] = Some(first);
+        self.outcomes[slot] = self.outcomes[first].clone();
+        false
+    }
+
+    /// The transfer of `slot` ended (for the slots sharing it too).
     pub(crate) fn finished(&mut self, slot: usize, outcome: TransferOutcome) {
+        for (other, shares) in self.shares.iter().enumerate() {
+            if *shares == Some(slot) {
+                self.outcomes[other] = Some(outcome.clone());
+            }
+        }
         if let Some(slot) = self.outcomes.get_mut(slot) {
             *slot = Some(outcome);
         }
