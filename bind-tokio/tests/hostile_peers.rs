@@ -189,6 +189,35 @@ async fn a_corrupted_transfer_body_is_reported_as_a_checksum_mismatch() {
     assert_cluster_serves(&cluster, "after").await;
 }
 
+/// A transfer under way when the node closes the connection for a breach
+/// of the protocol is reported failed. It was left unanswered, its room in
+/// the delivery budget held for good: only connections the peer closed
+/// failed their transfers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_cut_short_by_the_node_closing_the_connection_is_reported() {
+    let cluster = Cluster::new(&[1, 2]).await;
+    let identity = cluster.ca.identity(9, [9; 32]).unwrap();
+    let node = &cluster.nodes[&1];
+    let mut peer = HostilePeer::connect(&identity, 9, 1, node.local_addr()).await;
+    let _streams = peer.begin_transfer(1 << 20, &[7; 1000]).await;
+    let Delivery::ChunkIncoming { from: 9, transfer, .. } = next_delivery(node).await else {
+        panic!("no transfer announced")
+    };
+    let _ = peer.write_messages(&Frame::Hello { node_id: 9 }.encode()).await;
+    hostile::assert_closed_for_protocol(&peer.closed().await);
+    loop {
+        match next_delivery(node).await {
+            Delivery::ChunkData { transfer: of, .. } if of == transfer => {}
+            Delivery::ChunkReceived { transfer: of, result } if of == transfer => {
+                assert!(matches!(result, Err(TransferError::Interrupted(_))), "{result:?}");
+                break;
+            }
+            other => panic!("unexpected delivery {other:?}"),
+        }
+    }
+    assert_cluster_serves(&cluster, "after").await;
+}
+
 /// A sender may stop reading the status of its own transfer (quinn does so
 /// for a stream dropped unread): the transfer still lands and the
 /// connection stays up. The node used to close the whole connection.

@@ -124,6 +124,17 @@ impl HostilePeer {
         }
     }
 
+    /// Opens a transfer for the application announcing `size` body bytes
+    /// and sends `part` of the body; the transfer stays unfinished while
+    /// the returned streams live.
+    pub async fn begin_transfer(&self, size: u64, part: &[u8]) -> (quinn::SendStream, quinn::RecvStream) {
+        let (mut send, receive) = self.connection.open_bi().await.unwrap();
+        send.write_all(&[0]).await.unwrap();
+        send.write_all(&size.to_be_bytes()).await.unwrap();
+        send.write_all(part).await.unwrap();
+        (send, receive)
+    }
+
     /// Whether the node has closed the connection.
     pub fn is_closed(&self) -> bool {
         self.connection.close_reason().is_some()

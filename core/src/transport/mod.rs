@@ -1501,6 +1501,8 @@ impl Transport {
     fn forget(&mut self, now: Instant, handle: ConnectionHandle, connection: &mut Connection) {
         let address = connection.quinn.remote_address();
         self.fail_dial(connection, address, "connection closed".to_owned());
+        // A connection this node closed never reports itself lost.
+        self.fail_transfers(connection, "connection closed");
         let Some(peer_id) = connection.peer else { return };
         let Some(peer) = self.peers.get_mut(&peer_id) else { return };
         let was_dialing = peer.dialing == Some(handle);
