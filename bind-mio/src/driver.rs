@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use octopii_core::disk::DiskCompletion;
 use octopii_core::raft::{NodeError, ReplicaEvent};
 use octopii_core::transport::chunk::TransferId;
-use octopii_core::transport::{Transmit, TransportEvent};
+use octopii_core::transport::{Room, Transmit, TransportEvent};
 use octopii_core::{Command, CommandId, Event, Input, Kernel, Output, Reply};
 
 use crate::disk::{DiskThread, FileDisk};
@@ -145,10 +145,10 @@ impl Driver {
         std::mem::take(&mut self.deliveries)
     }
 
-    /// The application took `bytes` of transfer bodies
-    /// ([`Delivery::ChunkData`]): transfers held back for them are read on.
-    pub fn deliveries_taken(&mut self, now: Instant, bytes: u64) {
-        self.kernel.handle_input(now, Input::DeliveriesTaken(bytes));
+    /// The application took deliveries that took `room` (the sum of their
+    /// [`Delivery::room`]): what was held back for them is read on.
+    pub fn deliveries_taken(&mut self, now: Instant, room: Room) {
+        self.kernel.handle_input(now, Input::DeliveriesTaken(room));
     }
 
     /// Who executes the disk operations.

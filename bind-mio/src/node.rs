@@ -18,7 +18,7 @@ use octopii_core::disk::DiskCompletion;
 use octopii_core::raft::NodeConfig;
 use octopii_core::raft::state_machine::StateMachine;
 use octopii_core::transport::rpc::RequestHandler;
-use octopii_core::transport::{Transmit, TransportConfig};
+use octopii_core::transport::{Room, Transmit, TransportConfig};
 use octopii_core::{Command, Kernel, KernelConfig, KernelConfigError, Reply};
 
 use crate::disk::{DiskThread, FileDisk};
@@ -157,7 +157,7 @@ enum Request {
     },
     Handler(RequestHandler),
     /// The application took this many bytes of transfer bodies.
-    Taken(u64),
+    Taken(Room),
 }
 
 /// A running node. Every method may be called from any thread.
@@ -289,10 +289,10 @@ impl Node {
             ready.extend(channel.recv_timeout(timeout).ok()?);
         }
         let delivery = ready.pop_front();
-        let taken = delivery.as_ref().map_or(0, Delivery::budget_bytes);
-        if taken > 0 {
+        let room = delivery.as_ref().map_or_else(Room::default, Delivery::room);
+        if !room.is_empty() {
             // A stopped node reads nothing more anyway.
-            let _ = self.send(Request::Taken(taken));
+            let _ = self.send(Request::Taken(room));
         }
         delivery
     }
@@ -415,7 +415,7 @@ impl Loop {
             match self.requests.try_recv() {
                 Ok(Request::Command { command, reply }) => self.driver.command(now, command, reply),
                 Ok(Request::Handler(handler)) => self.driver.set_request_handler(handler),
-                Ok(Request::Taken(bytes)) => self.driver.deliveries_taken(now, bytes),
+                Ok(Request::Taken(room)) => self.driver.deliveries_taken(now, room),
                 Err(mpsc::TryRecvError::Empty) => return true,
                 Err(mpsc::TryRecvError::Disconnected) => return false,
             }

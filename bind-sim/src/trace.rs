@@ -111,7 +111,9 @@ pub fn describe_input(input: &Input) -> String {
         Input::FileRead { transfer, result: Err(error) } => {
             format!("file read transfer={} {error}", transfer.0)
         }
-        Input::DeliveriesTaken(bytes) => format!("deliveries taken {bytes}"),
+        Input::DeliveriesTaken(room) => {
+            format!("deliveries taken pieces={} messages={}", room.pieces, room.messages)
+        }
         Input::Timeout => String::from("timeout"),
     }
 }

@@ -86,8 +86,8 @@ impl Net {
                     Output::Delivery(Delivery::ChunkIncoming { .. }) => {
                         self.incoming.entry(node).or_insert(now);
                     }
-                    Output::Delivery(Delivery::ChunkData { data, .. }) => {
-                        kernel.handle_input(now, Input::DeliveriesTaken(data.len() as u64));
+                    Output::Delivery(delivery @ Delivery::ChunkData { .. }) => {
+                        kernel.handle_input(now, Input::DeliveriesTaken(delivery.room()));
                     }
                     Output::Delivery(Delivery::ChunkReceived { result, .. }) => {
                         self.received.entry(node).or_default().push((now, result));

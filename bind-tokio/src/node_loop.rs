@@ -17,7 +17,7 @@ use octopii_core::Kernel;
 use octopii_core::KernelConfigError;
 use octopii_core::disk::DiskCompletion;
 use octopii_core::transport::rpc::RequestHandler;
-use octopii_core::transport::{Transmit, TransportConfig};
+use octopii_core::transport::{Room, Transmit, TransportConfig};
 use octopii_core::{Command, Reply};
 use octopii_mio::NodeOptions;
 use octopii_mio::disk::{DiskThread, FileDisk};
@@ -53,7 +53,7 @@ enum Request {
     },
     Handler(RequestHandler),
     /// The application took this many bytes of transfer bodies.
-    Taken(u64),
+    Taken(Room),
     /// Stop the loop; the sender is dropped once it has stopped.
     Stop(oneshot::Sender<()>),
 }
@@ -202,10 +202,8 @@ impl NodeLoop {
     /// node reads no more from its peers until this takes some).
     pub async fn recv_delivery(&self) -> Option<Delivery> {
         let delivery = self.deliveries.lock().await.recv().await;
-        let taken = delivery.as_ref().map_or(0, Delivery::budget_bytes);
-        if taken > 0 {
-            // A stopped node reads nothing more anyway.
-            let _ = self.send(Request::Taken(taken)).await;
+        if let Some(delivery) = &delivery {
+            report_taken(&self.requests, delivery.room());
         }
         delivery
     }
@@ -263,17 +261,30 @@ impl NodeLoop {
     }
 }
 
-/// Tells a node that the application took bytes of transfer bodies a
-/// wrapper routed (see `TransportConfig::delivery_budget`).
+/// Tells a node that the application took deliveries a wrapper routed
+/// (see `TransportConfig::delivery_budget`).
 #[derive(Clone, Debug)]
 pub(crate) struct TakenReporter(mpsc::WeakSender<Request>);
 
 impl TakenReporter {
-    pub(crate) async fn taken(&self, bytes: u64) {
+    pub(crate) fn taken(&self, room: Room) {
         // A stopped node reads nothing more anyway.
         if let Some(requests) = self.0.upgrade() {
-            let _ = requests.send(Request::Taken(bytes)).await;
+            report_taken(&requests, room);
         }
+    }
+}
+
+/// Tells the node that deliveries taking `room` were taken, without
+/// waiting: a receive that awaited this after taking its delivery would
+/// lose it (and its room) if the caller gave up on it there.
+fn report_taken(requests: &mpsc::Sender<Request>, room: Room) {
+    if room.is_empty() {
+        return;
+    }
+    if let Err(mpsc::error::TrySendError::Full(request)) = requests.try_send(Request::Taken(room)) {
+        let requests = requests.clone();
+        tokio::spawn(async move { requests.send(request).await });
     }
 }
 
@@ -372,7 +383,7 @@ impl Loop {
         match request {
             Request::Command { command, reply } => self.driver.command(now, command, reply),
             Request::Handler(handler) => self.driver.set_request_handler(handler),
-            Request::Taken(bytes) => self.driver.deliveries_taken(now, bytes),
+            Request::Taken(room) => self.driver.deliveries_taken(now, room),
             Request::Stop(done) => {
                 self.stopped.push(done);
                 return false;

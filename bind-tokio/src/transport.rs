@@ -20,7 +20,7 @@ use octopii_core::transport::chunk::{ChunkSource, TransferId};
 use octopii_core::transport::rpc::{
     OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcRequest, RpcResponse,
 };
-use octopii_core::transport::{Delivery, DeliveryBudget, LinkStats, PeerStatus, TransportConfig};
+use octopii_core::transport::{Delivery, DeliveryBudget, LinkStats, PeerStatus, Room, TransportConfig};
 use octopii_core::{Command, Reply};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
@@ -49,7 +49,7 @@ pub struct QuicTransport {
     routes: Arc<Routes>,
     accepted: Mutex<mpsc::UnboundedReceiver<(u64, SocketAddr)>>,
     /// One-way messages, with the sender and the room each takes.
-    one_way: Mutex<mpsc::UnboundedReceiver<(u64, OneWayMessage, u64)>>,
+    one_way: Mutex<mpsc::UnboundedReceiver<(u64, OneWayMessage, Room)>>,
     router: JoinHandle<()>,
 }
 
@@ -67,7 +67,7 @@ pub struct PeerConnection {
 /// takes, and transfer bodies.
 #[derive(Debug)]
 struct Inbox {
-    data: Mutex<mpsc::UnboundedReceiver<(Bytes, u64)>>,
+    data: Mutex<mpsc::UnboundedReceiver<(Bytes, Room)>>,
     chunks: Mutex<mpsc::UnboundedReceiver<Result<Bytes>>>,
 }
 
@@ -80,7 +80,7 @@ struct Routes {
 
 #[derive(Debug)]
 struct Route {
-    data: mpsc::UnboundedSender<(Bytes, u64)>,
+    data: mpsc::UnboundedSender<(Bytes, Room)>,
     chunks: mpsc::UnboundedSender<Result<Bytes>>,
     inbox: Arc<Inbox>,
 }
@@ -331,7 +331,7 @@ impl PeerConnection {
     /// None today; the `Result` leaves room for receive failures.
     pub async fn recv(&self) -> Result<Option<Bytes>> {
         let Some((data, room)) = self.inbox.data.lock().await.recv().await else { return Ok(None) };
-        self.transport.taken.taken(room).await;
+        self.transport.taken.taken(room);
         Ok(Some(data))
     }
 
@@ -371,7 +371,7 @@ impl PeerConnection {
     pub async fn recv_chunk_verified(&self) -> Result<Option<Bytes>> {
         let body = self.inbox.chunks.lock().await.recv().await.transpose()?;
         if let Some(body) = &body {
-            self.transport.taken.taken(body.len() as u64).await;
+            self.transport.taken.taken(Room { pieces: body.len() as u64, messages: 0 });
         }
         Ok(body)
     }
@@ -435,7 +435,7 @@ impl RpcHandler {
     /// once the transport has closed.
     pub async fn recv_one_way(&self) -> Option<(u64, OneWayMessage)> {
         let (from, message, room) = self.transport.one_way.lock().await.recv().await?;
-        self.transport.taken.taken(room).await;
+        self.transport.taken.taken(room);
         Some((from, message))
     }
 }
@@ -468,14 +468,14 @@ async fn route(
     taken: TakenReporter,
     routes: Arc<Routes>,
     accept: mpsc::UnboundedSender<(u64, SocketAddr)>,
-    one_way: mpsc::UnboundedSender<(u64, OneWayMessage, u64)>,
+    one_way: mpsc::UnboundedSender<(u64, OneWayMessage, Room)>,
 ) {
     // Bodies being received, by transfer: the sender and what came so far
     // (grown as pieces arrive, never from the announced size).
     let mut bodies: BTreeMap<TransferId, (u64, BytesMut)> = BTreeMap::new();
     while let Some(delivery) = deliveries.recv().await {
         // The room a message takes until the application has it.
-        let room = delivery.budget_bytes();
+        let room = delivery.room();
         // A closed channel means nobody holds the receiving end any more.
         match delivery {
             Delivery::Connected { peer, address } => {
@@ -500,7 +500,7 @@ async fn route(
                 let Some((from, body)) = bodies.remove(&transfer) else { continue };
                 if result.is_err() {
                     // Nobody will take what came of a failed body.
-                    taken.taken(body.len() as u64).await;
+                    taken.taken(Room { pieces: body.len() as u64, messages: 0 });
                 }
                 let result = result.map(|_| body.freeze()).map_err(OctopiiError::from);
                 routes.with_route(from, |route| {

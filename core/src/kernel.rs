@@ -34,7 +34,7 @@ use crate::transport::rpc::{
     MessageId, OneWayMessage, RequestHandler, RequestPayload, ResponsePayload, RpcError, RpcResponse,
 };
 use crate::transport::{
-    Delivery, PeerStatus, Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent,
+    Delivery, PeerStatus, Room, Transmit, Transport, TransportConfig, TransportConfigError, TransportEvent,
     TransportOutput,
 };
 use crate::wal::{RecoveryReport, Wal, WalConfig, WalConfigError, WalEntry, WalError, WalEvent, WalStats};
@@ -297,10 +297,10 @@ pub enum Input {
         /// The bytes read and the file's length, or why the read failed.
         result: Result<FileRead, IoError>,
     },
-    /// The application took this many bytes of
-    /// [`Delivery::ChunkData`] (see
+    /// The application took deliveries that took this room (the sum of
+    /// their [`Delivery::room`]; see
     /// [`TransportConfig::delivery_budget`](crate::transport::TransportConfig::delivery_budget)).
-    DeliveriesTaken(u64),
+    DeliveriesTaken(Room),
     /// The time from [`Kernel::poll_timeout`] has been reached.
     Timeout,
 }
@@ -614,9 +614,9 @@ impl Kernel {
                     transport.handle_file_read(now, transfer, result);
                 }
             }
-            Input::DeliveriesTaken(bytes) => {
+            Input::DeliveriesTaken(room) => {
                 if let Some(transport) = &mut self.transport {
-                    transport.deliveries_taken(now, bytes);
+                    transport.deliveries_taken(now, room);
                 }
             }
             Input::Timeout => {

@@ -129,7 +129,7 @@ pub struct TransportConfig {
     pub datagrams_may_fragment: bool,
     /// Largest transfer body accepted from a peer. Default 1 TiB.
     pub chunk_bytes_max: u64,
-    /// How much of incoming transfer bodies may wait for the application.
+    /// How much of what peers send may wait for the application.
     /// Default [`DeliveryBudget::Pieces`] of 64 MiB.
     pub delivery_budget: DeliveryBudget,
     /// Whether each peer that dials this node and proves its identity is
@@ -138,13 +138,14 @@ pub struct TransportConfig {
     pub announce_inbound: bool,
 }
 
-/// How many bytes of deliveries a node lets wait for the application:
-/// pieces of transfer bodies, data and one-way messages handed out and not
-/// yet reported taken ([`Transport::deliveries_taken`], counted by
-/// [`Delivery::budget_bytes`]). Once the budget is spent, a node reads no
-/// more of its peers' transfers or messages (Raft's and requests ride with
-/// the messages, and wait too), and QUIC's flow control holds the senders
-/// back until the application takes what it was given.
+/// How many bytes of deliveries a node lets wait for the application,
+/// handed out and not yet reported taken ([`Transport::deliveries_taken`]),
+/// counted as [`Delivery::room`] says: pieces of transfer bodies up to the
+/// budget, and data and one-way messages up to the same amount apart.
+/// Once pieces fill it, a node reads no more of its peers' transfers; once
+/// messages do, no more of their message streams (Raft messages and
+/// requests ride there, and wait too). QUIC's flow control holds the
+/// senders back until the application takes what it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryBudget {
     /// No limit, for a reader that takes every piece as it comes.
@@ -387,21 +388,62 @@ pub enum Delivery {
 /// room it takes while it waits.
 const MESSAGE_OVERHEAD_BYTES: u64 = 64;
 
+/// Room that deliveries take in the [`TransportConfig::delivery_budget`],
+/// until the application has them and says so
+/// ([`Transport::deliveries_taken`]). Pieces of transfer bodies and
+/// messages are counted apart: a slow file reader holds back transfers,
+/// not Raft, and unread messages hold back messages, not transfers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Room {
+    /// Bytes of [`Delivery::ChunkData`].
+    pub pieces: u64,
+    /// Bytes of [`Delivery::Data`] and [`Delivery::OneWay`], plus 64 for
+    /// each message.
+    pub messages: u64,
+}
+
+impl Room {
+    /// Whether it counts nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl Delivery {
-    /// Bytes this delivery counts against the
-    /// [`TransportConfig::delivery_budget`]: report them with
+    /// The room this delivery takes: report it with
     /// [`Transport::deliveries_taken`] once the application has it.
     #[must_use]
-    pub fn budget_bytes(&self) -> u64 {
+    pub fn room(&self) -> Room {
         match self {
-            Self::ChunkData { data, .. } => data.len() as u64,
-            Self::Data { data, .. } => MESSAGE_OVERHEAD_BYTES + data.len() as u64,
-            Self::OneWay { message: OneWayMessage::Custom { operation, data }, .. } => {
-                MESSAGE_OVERHEAD_BYTES + (operation.len() + data.len()) as u64
+            Self::ChunkData { data, .. } => Room { pieces: data.len() as u64, messages: 0 },
+            Self::Data { data, .. } => Room { pieces: 0, messages: data_room(data) },
+            Self::OneWay { message, .. } => Room { pieces: 0, messages: one_way_room(message) },
+            Self::Connected { .. } | Self::ChunkIncoming { .. } | Self::ChunkReceived { .. } => {
+                Room::default()
             }
-            Self::OneWay { message: OneWayMessage::Heartbeat { .. }, .. } => MESSAGE_OVERHEAD_BYTES,
-            Self::Connected { .. } | Self::ChunkIncoming { .. } | Self::ChunkReceived { .. } => 0,
         }
+    }
+}
+
+fn data_room(data: &Bytes) -> u64 {
+    MESSAGE_OVERHEAD_BYTES + data.len() as u64
+}
+
+fn one_way_room(message: &OneWayMessage) -> u64 {
+    MESSAGE_OVERHEAD_BYTES
+        + match message {
+            OneWayMessage::Custom { operation, data } => (operation.len() + data.len()) as u64,
+            OneWayMessage::Heartbeat { .. } => 0,
+        }
+}
+
+/// The room a frame takes once delivered: messages only.
+fn frame_room(frame: &Frame) -> u64 {
+    match frame {
+        Frame::Data(data) => data_room(data),
+        Frame::OneWay(message) => one_way_room(message),
+        _ => 0,
     }
 }
 
@@ -544,6 +586,8 @@ pub struct Transport {
     delivery_budget: DeliveryBudget,
     /// Body bytes delivered and not yet reported taken.
     delivered_unread: u64,
+    /// Room of messages delivered and not yet reported taken.
+    messages_unread: u64,
     /// Body bytes of admitted application transfers not yet delivered
     /// (with [`DeliveryBudget::WholeBodies`]).
     promised: u64,
@@ -679,6 +723,7 @@ impl Transport {
             chunk_bytes_max: config.chunk_bytes_max,
             delivery_budget: config.delivery_budget,
             delivered_unread: 0,
+            messages_unread: 0,
             promised: 0,
             raft_promised: 0,
             paused: BTreeSet::new(),
@@ -882,8 +927,9 @@ impl Transport {
     /// The application took `bytes` of [`Delivery::ChunkData`]: incoming
     /// transfers paused by [`TransportConfig::delivery_budget`] are read
     /// again once there is room.
-    pub fn deliveries_taken(&mut self, now: Instant, bytes: u64) {
-        self.delivered_unread = self.delivered_unread.saturating_sub(bytes);
+    pub fn deliveries_taken(&mut self, now: Instant, room: Room) {
+        self.delivered_unread = self.delivered_unread.saturating_sub(room.pieces);
+        self.messages_unread = self.messages_unread.saturating_sub(room.messages);
         self.room_freed = true;
         self.drive_dirty(now);
     }
@@ -902,7 +948,7 @@ impl Transport {
                 return max.saturating_sub(self.delivered_unread);
             }
             (Purpose::Application, DeliveryBudget::WholeBodies(max)) => {
-                (self.delivered_unread + self.promised, max)
+                (self.delivered_unread.saturating_add(self.promised), max)
             }
         };
         if held > 0 && held.saturating_add(size) > max {
@@ -916,12 +962,13 @@ impl Transport {
         u64::MAX
     }
 
-    /// How many bytes of messages may be read now.
+    /// How much room messages may take now.
     fn message_budget(&self) -> u64 {
         match self.delivery_budget {
             DeliveryBudget::Unlimited => u64::MAX,
-            DeliveryBudget::Pieces(max) => max.saturating_sub(self.delivered_unread),
-            DeliveryBudget::WholeBodies(max) => max.saturating_sub(self.delivered_unread + self.promised),
+            DeliveryBudget::Pieces(max) | DeliveryBudget::WholeBodies(max) => {
+                max.saturating_sub(self.messages_unread)
+            }
         }
     }
 
@@ -1368,7 +1415,7 @@ impl Transport {
                 }
                 (Received::Data(data), _) => {
                     let delivery = Delivery::ChunkData { transfer, data };
-                    let len = delivery.budget_bytes();
+                    let len = delivery.room().pieces;
                     self.delivered_unread += len;
                     // Promised bytes of a transfer still running: its own
                     // count went down as it read them.
@@ -1625,15 +1672,17 @@ impl Transport {
         let Some((stream, decoder)) = &mut connection.receive else { return };
         let mut frames = Vec::new();
         let mut failure: Option<String> = None;
+        // Only messages for the application count; a stream is paused only
+        // while some wait, so the application can always make room.
         let mut budget = self.message_budget();
+        let mut held = self.messages_unread > 0;
         if let Ok(mut chunks) = connection.quinn.recv_stream(*stream).read(true) {
             loop {
-                if budget == 0 {
+                if budget == 0 && held {
                     self.frames_paused.insert(handle);
                     break;
                 }
-                let max = usize::try_from(budget).unwrap_or(usize::MAX).min(READ_CHUNK_BYTES_MAX);
-                match chunks.next(max) {
+                match chunks.next(READ_CHUNK_BYTES_MAX) {
                     Ok(Some(chunk)) => {
                         decoder.push(&chunk.bytes);
                         let before = frames.len();
@@ -1641,12 +1690,9 @@ impl Transport {
                             failure = Some(error.to_string());
                             break;
                         }
-                        // Bytes as read, and what each message costs beyond
-                        // them (as `Delivery::budget_bytes` counts it).
-                        let messages = (frames.len() - before) as u64;
-                        budget = budget
-                            .saturating_sub(chunk.bytes.len() as u64)
-                            .saturating_sub(messages * MESSAGE_OVERHEAD_BYTES);
+                        let room: u64 = frames[before..].iter().map(frame_room).sum();
+                        budget = budget.saturating_sub(room);
+                        held |= room > 0;
                     }
                     // The peer ended its stream: it retired this duplicate.
                     Ok(None) => {
@@ -1774,7 +1820,7 @@ impl Transport {
 
     /// Hands a message to the application, against the delivery budget.
     fn deliver(&mut self, delivery: Delivery) {
-        self.delivered_unread += delivery.budget_bytes();
+        self.messages_unread += delivery.room().messages;
         self.outputs.push_back(TransportOutput::Delivery(delivery));
     }
 
