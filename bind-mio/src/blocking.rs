@@ -76,7 +76,10 @@ impl BlockingNode {
         config: &Config,
         state_machine: StateMachine,
     ) -> Result<Self, BlockingError> {
-        Ok(Self { node: Node::start(config.node_options(state_machine)?)? })
+        let mut options = config.node_options(state_machine)?;
+        // Nothing here reads what peers send the application.
+        options.transport.application_deliveries = false;
+        Ok(Self { node: Node::start(options)? })
     }
 
     /// Waits until the node has rebuilt its state from its log, and, for

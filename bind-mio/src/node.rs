@@ -156,7 +156,7 @@ enum Request {
         reply: ReplySink,
     },
     Handler(RequestHandler),
-    /// The application took this many bytes of transfer bodies.
+    /// The application took deliveries that took this room.
     Taken(Room),
 }
 

@@ -769,6 +769,41 @@ fn a_message_larger_than_the_budget_arrives_alone() {
     assert_eq!(data(&net.take(2)), [second]);
 }
 
+/// A node whose application reads nothing from peers drops their data
+/// and one-way messages and refuses their transfers, so they neither fill
+/// memory nor, by filling the delivery budget, hold back Raft.
+#[test]
+fn a_node_without_application_deliveries_drops_them_and_raft_goes_on() {
+    let ca = ca(1);
+    let mut net = Net::new(&ca, &[1, 2]);
+    let identity = ca.identity(2, seed(7, 2)).unwrap();
+    let mut receiver = config(2, identity, &[1, 2], 1);
+    receiver.application_deliveries = false;
+    receiver.delivery_budget = DeliveryBudget::Pieces(1024);
+    net.add(2, Transport::new(receiver).unwrap());
+    let now = net.now;
+    for _ in 0..10 {
+        net.node(1).send_data(now, 2, Bytes::from(vec![1; 4096])).unwrap();
+        let message = OneWayMessage::Custom { operation: "note".into(), data: Bytes::from(vec![2; 4096]) };
+        net.node(1).send_one_way(now, 2, message).unwrap();
+    }
+    net.node(1).send_chunk(now, &[(5, 2)], ChunkSource::Memory(Bytes::from(vec![3; 10_000])));
+    net.node(1).send_raft(now, 2, Bytes::from_static(b"append"));
+    net.run_for(Duration::from_secs(2));
+    let outputs = net.take(2);
+    assert!(
+        !outputs.iter().any(|output| matches!(output, TransportOutput::Delivery(_))),
+        "something was delivered"
+    );
+    assert_eq!(raft_from(&outputs), vec![(1, Bytes::from_static(b"append"))]);
+    assert_eq!(net.node(2).stats().messages_dropped, 20);
+    let sent = net.take(1).into_iter().find_map(|output| match output {
+        TransportOutput::ChunkSent { ticket: 5, result } => Some(result),
+        _ => None,
+    });
+    assert!(matches!(sent, Some(Err(TransferError::Refused))), "{sent:?}");
+}
+
 /// Messages count against the delivery budget too: a receiver that does
 /// not take the data it was given is not given more (the rest waits at the
 /// sender, in QUIC), and gets all of it, in order, as it takes it. The

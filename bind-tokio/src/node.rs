@@ -72,7 +72,9 @@ impl OctopiiNode {
         runtime: OctopiiRuntime,
         state_machine: StateMachine,
     ) -> Result<Self> {
-        let options = config.node_options(state_machine)?;
+        let mut options = config.node_options(state_machine)?;
+        // Nothing here reads what peers send the application.
+        options.transport.application_deliveries = false;
         let node = NodeLoop::start_on(options, &runtime.handle())?;
         Ok(Self { id: config.node_id, node, _runtime: runtime })
     }

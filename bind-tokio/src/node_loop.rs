@@ -52,7 +52,7 @@ enum Request {
         reply: ReplySink,
     },
     Handler(RequestHandler),
-    /// The application took this many bytes of transfer bodies.
+    /// The application took deliveries that took this room.
     Taken(Room),
     /// Stop the loop; the sender is dropped once it has stopped.
     Stop(oneshot::Sender<()>),
@@ -203,7 +203,7 @@ impl NodeLoop {
     pub async fn recv_delivery(&self) -> Option<Delivery> {
         let delivery = self.deliveries.lock().await.recv().await;
         if let Some(delivery) = &delivery {
-            report_taken(&self.requests, delivery.room());
+            report_taken(&self.requests, &self.task_runtime, delivery.room());
         }
         delivery
     }
@@ -239,7 +239,7 @@ impl NodeLoop {
     /// the node still stops when this handle goes.
     pub(crate) fn take_deliveries(&mut self) -> (mpsc::UnboundedReceiver<Delivery>, TakenReporter) {
         let deliveries = std::mem::replace(self.deliveries.get_mut(), mpsc::unbounded_channel().1);
-        (deliveries, TakenReporter(self.requests.downgrade()))
+        (deliveries, TakenReporter(self.requests.downgrade(), self.task_runtime.clone()))
     }
 
     /// Stops the node: pending requests fail, peers are told (for about
@@ -264,13 +264,13 @@ impl NodeLoop {
 /// Tells a node that the application took deliveries a wrapper routed
 /// (see `TransportConfig::delivery_budget`).
 #[derive(Clone, Debug)]
-pub(crate) struct TakenReporter(mpsc::WeakSender<Request>);
+pub(crate) struct TakenReporter(mpsc::WeakSender<Request>, Handle);
 
 impl TakenReporter {
     pub(crate) fn taken(&self, room: Room) {
         // A stopped node reads nothing more anyway.
         if let Some(requests) = self.0.upgrade() {
-            report_taken(&requests, room);
+            report_taken(&requests, &self.1, room);
         }
     }
 }
@@ -278,13 +278,15 @@ impl TakenReporter {
 /// Tells the node that deliveries taking `room` were taken, without
 /// waiting: a receive that awaited this after taking its delivery would
 /// lose it (and its room) if the caller gave up on it there.
-fn report_taken(requests: &mpsc::Sender<Request>, room: Room) {
+/// If the queue is full, a task on the node's runtime waits for room (the
+/// caller may not be on a tokio runtime at all).
+fn report_taken(requests: &mpsc::Sender<Request>, runtime: &Handle, room: Room) {
     if room.is_empty() {
         return;
     }
     if let Err(mpsc::error::TrySendError::Full(request)) = requests.try_send(Request::Taken(room)) {
         let requests = requests.clone();
-        tokio::spawn(async move { requests.send(request).await });
+        runtime.spawn(async move { requests.send(request).await });
     }
 }
 

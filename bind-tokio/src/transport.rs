@@ -44,7 +44,7 @@ pub const MEMORY_TRANSFER_BYTES_MAX: u64 = 1 << 30;
 #[derive(Debug)]
 pub struct QuicTransport {
     node: NodeLoop,
-    /// Frees room for more bodies once the application takes one.
+    /// Frees room for more once the application takes a body or message.
     taken: TakenReporter,
     routes: Arc<Routes>,
     accepted: Mutex<mpsc::UnboundedReceiver<(u64, SocketAddr)>>,

@@ -136,6 +136,13 @@ pub struct TransportConfig {
     /// announced with [`Delivery::Connected`] (for an application that
     /// accepts connections). Default false.
     pub announce_inbound: bool,
+    /// Whether data, one-way messages and application transfers from peers
+    /// are delivered. A node whose application has no way to read them
+    /// sets false: messages are dropped (counted in
+    /// [`TransportStats::messages_dropped`]) and transfers refused, so a
+    /// peer can neither fill the delivery budget nor, by filling it, hold
+    /// back Raft. Default true.
+    pub application_deliveries: bool,
 }
 
 /// How many bytes of deliveries a node lets wait for the application,
@@ -148,7 +155,8 @@ pub struct TransportConfig {
 /// senders back until the application takes what it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryBudget {
-    /// No limit, for a reader that takes every piece as it comes.
+    /// No limit, for pieces or messages: for a reader that takes
+    /// everything as it comes.
     Unlimited,
     /// At most this many bytes of pieces not yet taken, for a reader that
     /// consumes bodies piece by piece (into a file, say): transfers are
@@ -190,6 +198,7 @@ impl TransportConfig {
             chunk_bytes_max: 1 << 40,
             delivery_budget: DeliveryBudget::Pieces(64 << 20),
             announce_inbound: false,
+            application_deliveries: true,
         }
     }
 }
@@ -510,6 +519,9 @@ pub struct TransportStats {
     /// Body bytes hashed for transfers sent (and ended): a body sent to
     /// several peers at once is hashed, and counted, once.
     pub chunk_bytes_hashed: u64,
+    /// Data and one-way messages dropped because
+    /// [`TransportConfig::application_deliveries`] is off.
+    pub messages_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -582,6 +594,8 @@ pub struct Transport {
     transfers: BTreeMap<TransferId, (ConnectionHandle, StreamId)>,
     next_transfer: u64,
     chunk_bytes_max: u64,
+    /// See [`TransportConfig::application_deliveries`].
+    application_deliveries: bool,
     /// See [`TransportConfig::delivery_budget`].
     delivery_budget: DeliveryBudget,
     /// Body bytes delivered and not yet reported taken.
@@ -720,7 +734,9 @@ impl Transport {
             dirty: BTreeSet::new(),
             transfers: BTreeMap::new(),
             next_transfer: 0,
-            chunk_bytes_max: config.chunk_bytes_max,
+            // No application transfer fits when none is delivered.
+            chunk_bytes_max: if config.application_deliveries { config.chunk_bytes_max } else { 0 },
+            application_deliveries: config.application_deliveries,
             delivery_budget: config.delivery_budget,
             delivered_unread: 0,
             messages_unread: 0,
@@ -924,9 +940,10 @@ impl Transport {
         self.drive_dirty(now);
     }
 
-    /// The application took `bytes` of [`Delivery::ChunkData`]: incoming
-    /// transfers paused by [`TransportConfig::delivery_budget`] are read
-    /// again once there is room.
+    /// The application took deliveries that took `room` (the sum of their
+    /// [`Delivery::room`]): transfers and message streams paused by
+    /// [`TransportConfig::delivery_budget`] are read again once there is
+    /// room.
     pub fn deliveries_taken(&mut self, now: Instant, room: Room) {
         self.delivered_unread = self.delivered_unread.saturating_sub(room.pieces);
         self.messages_unread = self.messages_unread.saturating_sub(room.messages);
@@ -1408,6 +1425,10 @@ impl Transport {
             let incoming = connection.incoming.remove(&stream).expect("the transfer read above");
             self.release(&incoming);
         }
+        // An empty application transfer is all that passes a limit of 0.
+        if purpose == Purpose::Application && !self.application_deliveries {
+            return;
+        }
         for event in received {
             let output = match (event, purpose) {
                 (Received::Started { size }, Purpose::Application) => {
@@ -1447,7 +1468,9 @@ impl Transport {
         }
         for incoming in std::mem::take(&mut connection.incoming).into_values() {
             self.release(&incoming);
-            if incoming.purpose() == Purpose::Application {
+            // Only a transfer the application was told of ends for it.
+            let announced = incoming.size().is_some() && self.application_deliveries;
+            if announced && incoming.purpose() == Purpose::Application {
                 let result = Err(TransferError::Interrupted(reason.to_owned()));
                 self.outputs.push_back(TransportOutput::Delivery(Delivery::ChunkReceived {
                     transfer: incoming.transfer,
@@ -1820,6 +1843,10 @@ impl Transport {
 
     /// Hands a message to the application, against the delivery budget.
     fn deliver(&mut self, delivery: Delivery) {
+        if !self.application_deliveries {
+            self.stats.messages_dropped += 1;
+            return;
+        }
         self.messages_unread += delivery.room().messages;
         self.outputs.push_back(TransportOutput::Delivery(delivery));
     }
