@@ -127,6 +127,15 @@ impl Net {
     }
 }
 
+/// Nodes 1 and 2, node 2's configuration changed by `receiver`.
+fn net_receiving(ca: &DevCa, receiver: impl FnOnce(&mut TransportConfig)) -> Net {
+    let mut net = Net::new(ca, &[1, 2]);
+    let mut config = config(2, ca.identity(2, seed(7, 2)).unwrap(), &[1, 2], 1);
+    receiver(&mut config);
+    net.add(2, Transport::new(config).unwrap());
+    net
+}
+
 fn ca(seed_byte: u8) -> DevCa {
     DevCa::from_seed([seed_byte; 32]).unwrap()
 }
@@ -574,11 +583,7 @@ fn a_dial_by_address_fails_for_an_impostor_another_ca_or_nobody() {
 fn a_receiver_that_does_not_take_its_pieces_holds_back_the_sender() {
     const BUDGET: u64 = 1 << 20;
     let ca = ca(1);
-    let mut net = Net::new(&ca, &[1, 2]);
-    let identity = ca.identity(2, seed(7, 2)).unwrap();
-    let mut receiver = config(2, identity, &[1, 2], 1);
-    receiver.delivery_budget = DeliveryBudget::Pieces(BUDGET);
-    net.add(2, Transport::new(receiver).unwrap());
+    let mut net = net_receiving(&ca, |receiver| receiver.delivery_budget = DeliveryBudget::Pieces(BUDGET));
     let content: Vec<u8> = (0..8_000_000u32).map(|index| (index * 13 % 251) as u8).collect();
     let now = net.now;
     net.node(1).send_chunk(now, &[(5, 2)], ChunkSource::Memory(Bytes::from(content.clone())));
@@ -641,11 +646,8 @@ fn a_receiver_holding_whole_bodies_reads_a_transfer_only_when_all_of_it_fits() {
     const BUDGET: u64 = 1 << 20;
     const SIZE: usize = 600_000;
     let ca = ca(1);
-    let mut net = Net::new(&ca, &[1, 2]);
-    let identity = ca.identity(2, seed(7, 2)).unwrap();
-    let mut receiver = config(2, identity, &[1, 2], 1);
-    receiver.delivery_budget = DeliveryBudget::WholeBodies(BUDGET);
-    net.add(2, Transport::new(receiver).unwrap());
+    let mut net =
+        net_receiving(&ca, |receiver| receiver.delivery_budget = DeliveryBudget::WholeBodies(BUDGET));
     let bodies: Vec<Vec<u8>> =
         (0..3u32).map(|body| (0..SIZE as u32).map(|index| (index * 7 + body) as u8).collect()).collect();
     let now = net.now;
@@ -742,11 +744,7 @@ fn bodies_by_transfer(outputs: &[TransportOutput]) -> BTreeMap<TransferId, Body>
 #[test]
 fn a_message_larger_than_the_budget_arrives_alone() {
     let ca = ca(1);
-    let mut net = Net::new(&ca, &[1, 2]);
-    let identity = ca.identity(2, seed(7, 2)).unwrap();
-    let mut receiver = config(2, identity, &[1, 2], 1);
-    receiver.delivery_budget = DeliveryBudget::Pieces(0);
-    net.add(2, Transport::new(receiver).unwrap());
+    let mut net = net_receiving(&ca, |receiver| receiver.delivery_budget = DeliveryBudget::Pieces(0));
     let (first, second) = (Bytes::from(vec![1; 100_000]), Bytes::from(vec![2; 100_000]));
     let now = net.now;
     net.node(1).send_data(now, 2, first.clone()).unwrap();
@@ -775,12 +773,10 @@ fn a_message_larger_than_the_budget_arrives_alone() {
 #[test]
 fn a_node_without_application_deliveries_drops_them_and_raft_goes_on() {
     let ca = ca(1);
-    let mut net = Net::new(&ca, &[1, 2]);
-    let identity = ca.identity(2, seed(7, 2)).unwrap();
-    let mut receiver = config(2, identity, &[1, 2], 1);
-    receiver.application_deliveries = false;
-    receiver.delivery_budget = DeliveryBudget::Pieces(1024);
-    net.add(2, Transport::new(receiver).unwrap());
+    let mut net = net_receiving(&ca, |receiver| {
+        receiver.application_deliveries = false;
+        receiver.delivery_budget = DeliveryBudget::Pieces(1024);
+    });
     let now = net.now;
     for _ in 0..10 {
         net.node(1).send_data(now, 2, Bytes::from(vec![1; 4096])).unwrap();
@@ -813,11 +809,7 @@ fn a_receiver_that_does_not_take_its_messages_holds_back_the_sender() {
     const BUDGET: u64 = 32 * 1024;
     const MESSAGES: usize = 64;
     let ca = ca(1);
-    let mut net = Net::new(&ca, &[1, 2]);
-    let identity = ca.identity(2, seed(7, 2)).unwrap();
-    let mut receiver = config(2, identity, &[1, 2], 1);
-    receiver.delivery_budget = DeliveryBudget::Pieces(BUDGET);
-    net.add(2, Transport::new(receiver).unwrap());
+    let mut net = net_receiving(&ca, |receiver| receiver.delivery_budget = DeliveryBudget::Pieces(BUDGET));
     let sent: Vec<Bytes> = (0..MESSAGES).map(|index| Bytes::from(vec![index as u8; 4096])).collect();
     let now = net.now;
     for data in &sent {
