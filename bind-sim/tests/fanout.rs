@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use octopii_core::fanout::DIAL_GROUP_WAIT;
 use octopii_core::transport::TransportConfig;
-use octopii_core::transport::chunk::{ChunkSource, TransferError};
+use octopii_core::transport::chunk::{ChunkSource, TransferError, TransferReport};
 use octopii_core::transport::tls::DevCa;
 use octopii_core::transport::{Delivery, Transmit};
 use octopii_core::{Command, CommandId, Input, Kernel, Output, Reply};
@@ -137,6 +137,11 @@ impl Net {
     }
 }
 
+/// Each destination's outcome as the body size it verified.
+fn sizes<T: Copy>(outcomes: &[(T, Result<TransferReport, TransferError>)]) -> Vec<(T, Verified)> {
+    outcomes.iter().map(|(to, outcome)| (*to, outcome.clone().map(|report| report.bytes))).collect()
+}
+
 fn body() -> Bytes {
     (0..1_000_000u32).map(|index| (index * 13 % 251) as u8).collect()
 }
@@ -157,10 +162,7 @@ fn peers_reached_together_share_a_digest_and_a_late_or_silent_one_holds_nobody_b
     net.run_until_reply(Duration::from_secs(30));
 
     let [(replied, Reply::ChunksSentTo(outcomes))] = &net.replies[..] else { panic!("{:?}", net.replies) };
-    let outcomes: Vec<(SocketAddr, Result<u64, TransferError>)> = outcomes
-        .iter()
-        .map(|(address, outcome)| (*address, outcome.clone().map(|report| report.bytes)))
-        .collect();
+    let outcomes = sizes(outcomes);
     assert_eq!(outcomes[0], (address(2), Ok(size)));
     assert!(
         matches!(&outcomes[1], (at, Err(TransferError::Unreachable(_))) if *at == address(9)),
@@ -200,10 +202,7 @@ fn peers_all_reached_leave_at_once_with_one_digest() {
     net.run_until_reply(Duration::from_secs(30));
 
     let [(_, Reply::ChunksSentTo(outcomes))] = &net.replies[..] else { panic!("{:?}", net.replies) };
-    let outcomes: Vec<_> = outcomes
-        .iter()
-        .map(|(address, outcome)| (*address, outcome.as_ref().map(|report| report.bytes)))
-        .collect();
+    let outcomes = sizes(outcomes);
     assert_eq!(outcomes, [(address(3), Ok(size)), (address(2), Ok(size))]);
     assert_eq!(net.kernels[&1].transport().unwrap().stats().chunk_bytes_hashed, size);
     // Once both dials have ended the group leaves: it does not sit out
@@ -244,10 +243,7 @@ fn a_peer_named_twice_gets_the_body_once_and_both_slots_its_outcome() {
     net.kernels.get_mut(&1).unwrap().handle_input(now, Input::Command { id: CommandId(4), command });
     net.run_until_reply(Duration::from_secs(30));
     let [(_, Reply::ChunksSentTo(outcomes))] = &net.replies[..] else { panic!("{:?}", net.replies) };
-    let outcomes: Vec<_> = outcomes
-        .iter()
-        .map(|(address, outcome)| (*address, outcome.as_ref().map(|report| report.bytes)))
-        .collect();
+    let outcomes = sizes(outcomes);
     assert_eq!(outcomes, to.iter().map(|&address| (address, Ok(size))).collect::<Vec<_>>());
     assert_eq!(net.received[&2].len(), 1, "node 2 got the body once");
 
@@ -258,8 +254,7 @@ fn a_peer_named_twice_gets_the_body_once_and_both_slots_its_outcome() {
     net.kernels.get_mut(&1).unwrap().handle_input(now, Input::Command { id: CommandId(5), command });
     net.run_until_reply(Duration::from_secs(30));
     let [(_, Reply::ChunksSent(outcomes))] = &net.replies[..] else { panic!("{:?}", net.replies) };
-    let outcomes: Vec<_> =
-        outcomes.iter().map(|(peer, outcome)| (*peer, outcome.as_ref().map(|report| report.bytes))).collect();
+    let outcomes = sizes(outcomes);
     assert_eq!(outcomes, [(3, Ok(size)), (3, Ok(size))]);
     assert_eq!(net.received[&3].len(), 2, "node 3 got the first body and this one, once");
 }

@@ -150,6 +150,17 @@ fn raft_from(outputs: &[TransportOutput]) -> Vec<(u64, Bytes)> {
         .collect()
 }
 
+/// The data delivered, with its sender.
+fn data_from(outputs: &[TransportOutput]) -> Vec<(u64, Bytes)> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            TransportOutput::Delivery(Delivery::Data { from, data }) => Some((*from, data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 fn refusals(outputs: &[TransportOutput]) -> Vec<String> {
     outputs
         .iter()
@@ -749,22 +760,13 @@ fn a_message_larger_than_the_budget_arrives_alone() {
     let now = net.now;
     net.node(1).send_data(now, 2, first.clone()).unwrap();
     net.node(1).send_data(now, 2, second.clone()).unwrap();
-    let data = |outputs: &[TransportOutput]| -> Vec<Bytes> {
-        outputs
-            .iter()
-            .filter_map(|output| match output {
-                TransportOutput::Delivery(Delivery::Data { data, .. }) => Some(data.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     net.run_for(Duration::from_secs(2));
-    assert_eq!(data(&net.take(2)), std::slice::from_ref(&first));
+    assert_eq!(data_from(&net.take(2)), [(1, first.clone())]);
     let now = net.now;
     let room = Delivery::Data { from: 1, data: first }.room();
     net.node(2).deliveries_taken(now, room);
     net.run_for(Duration::from_secs(1));
-    assert_eq!(data(&net.take(2)), [second]);
+    assert_eq!(data_from(&net.take(2)), [(1, second)]);
 }
 
 /// A node whose application reads nothing from peers drops their data
@@ -818,28 +820,22 @@ fn a_receiver_that_does_not_take_its_messages_holds_back_the_sender() {
     net.node(1).send_raft(now, 2, Bytes::from_static(b"append"));
     net.run_for(Duration::from_secs(2));
     let mut outputs = net.take(2);
-    let data = |outputs: &[TransportOutput]| -> Vec<Delivery> {
-        outputs
-            .iter()
-            .filter_map(|output| match output {
-                TransportOutput::Delivery(delivery @ Delivery::Data { .. }) => Some(delivery.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    let held = data(&outputs);
-    let held_bytes: u64 = held.iter().map(|delivery| delivery.room().messages).sum();
+    // The room a message takes, as the receiver reports it taken.
+    let room =
+        |(from, data): &(u64, Bytes)| Delivery::Data { from: *from, data: data.clone() }.room().messages;
+    let held = data_from(&outputs);
+    let held_bytes: u64 = held.iter().map(room).sum();
     // At most one message past the budget: the one whose start was read
     // while there was room.
-    let most = BUDGET + held[0].room().messages;
+    let most = BUDGET + room(&held[0]);
     assert!(!held.is_empty() && held_bytes <= most, "{held_bytes} bytes delivered against {BUDGET}");
     assert!(raft_from(&outputs).is_empty(), "the Raft message came past the unread data");
 
     // The reader takes what it holds, and what follows.
     let mut taken = 0;
     for _ in 0..1000 {
-        let delivered = data(&outputs);
-        let messages = delivered[taken..].iter().map(|delivery| delivery.room().messages).sum();
+        let delivered = data_from(&outputs);
+        let messages = delivered[taken..].iter().map(room).sum();
         taken = delivered.len();
         let now = net.now;
         net.node(2).deliveries_taken(now, Room { pieces: 0, messages });
@@ -849,13 +845,9 @@ fn a_receiver_that_does_not_take_its_messages_holds_back_the_sender() {
             break;
         }
     }
-    let received: Vec<Bytes> = data(&outputs)
-        .into_iter()
-        .map(|delivery| match delivery {
-            Delivery::Data { from: 1, data } => data,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let received = data_from(&outputs);
+    assert!(received.iter().all(|(from, _)| *from == 1), "data from another node");
+    let received: Vec<Bytes> = received.into_iter().map(|(_, data)| data).collect();
     assert!(received == sent, "every message arrived, in order");
     assert_eq!(raft_from(&outputs), vec![(1, Bytes::from_static(b"append"))]);
 }
